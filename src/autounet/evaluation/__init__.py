@@ -1,0 +1,1 @@
+"""Segmentation metrics, folder evaluation, best-configuration choice."""

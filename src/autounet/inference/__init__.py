@@ -1,0 +1,1 @@
+"""Sliding-window prediction, fold ensembling, export onto the original grid."""

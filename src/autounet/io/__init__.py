@@ -1,0 +1,1 @@
+"""Reading and writing files: medical images, JSON contracts, atomic writes."""

@@ -1,0 +1,102 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+A reader never sees a half-written file: either the old content (or nothing) or the
+complete new content. Temporary names start with '.tmp-' so that interrupted writes are
+easy to recognise and are never taken for finished outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` if the block succeeds.
+
+    `suffix` defaults to the target's full suffix (e.g. '.nii.gz') so that libraries that
+    choose a format by file ending write the right format.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(target.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + target.name.split(".")[0] + "-",
+                                    suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush file content to disk so that a rename never exposes an empty file after a crash."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> None:
+    """Write JSON atomically (sorted keys off: the order of our dataclasses is meaningful)."""
+    text = json.dumps(obj, indent=indent, allow_nan=True)
+    with atomic_path(path, suffix=".json") as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Save an uncompressed .npy atomically (memory-mappable by the training loader)."""
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
+    """Save a compressed .npz atomically; loading must use allow_pickle=False."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read JSON; errors name the file and the position of the syntax problem."""
+    from autounet.errors import DatasetError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the syntax"
+        ) from None
+
+
+def is_temporary(path: str | os.PathLike[str]) -> bool:
+    return Path(path).name.startswith(TMP_PREFIX)

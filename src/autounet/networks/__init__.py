@@ -1,0 +1,1 @@
+"""U-Net networks built from a plan, by name from a registry."""

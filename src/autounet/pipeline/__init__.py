@@ -1,0 +1,1 @@
+"""Dataset discovery, fingerprinting and orchestration of the pipeline's stages."""

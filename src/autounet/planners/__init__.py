@@ -1,0 +1,1 @@
+"""Experiment planning: target spacing, configurations, network topology, memory, batch size."""

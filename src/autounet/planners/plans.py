@@ -1,0 +1,207 @@
+"""The plans: every decision the planner took, as typed dataclasses stored in plans.json.
+
+Axis conventions: all per-axis lists of a configuration (spacing, patch_size, median_shape,
+kernel sizes, strides) are in the *transposed* array order, i.e. after applying
+`Plans.transpose_forward` to the (z, y, x) axes of the raw arrays. A 2D configuration
+has 2 entries (the two in-plane axes) and slices along transposed axis 0.
+
+Segmentations are stored and predicted as class *indices* 0..K-1; `Plans.label_values[i]`
+is the label value written to disk for index i, so non-contiguous label ids round-trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+
+from autounet.errors import PlansError
+from autounet.io.atomic import read_json, write_json
+from autounet.io.json_schema import from_dict, to_dict
+
+PLANS_VERSION = 1
+CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
+
+
+@dataclass
+class NetworkPlan:
+    """Topology of a U-Net-like network; one entry per resolution stage."""
+
+    architecture: str
+    features_per_stage: list[int]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    n_conv_encoder: list[int]
+    n_conv_decoder: list[int]
+    blocks: list[str] = field(default_factory=list)
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.features_per_stage)
+
+    @property
+    def dims(self) -> int:
+        return len(self.kernel_sizes[0])
+
+    def total_stride(self) -> list[int]:
+        """Product of strides per axis: the patch must be divisible by this."""
+        return [prod(s[a] for s in self.strides) for a in range(self.dims)]
+
+    def validate(self, where: str) -> None:
+        n = self.n_stages
+        if n < 1:
+            raise PlansError(f"{where}.features_per_stage: needs at least one stage")
+        for key in ("kernel_sizes", "strides", "n_conv_encoder"):
+            if len(getattr(self, key)) != n:
+                raise PlansError(f"{where}.{key}: needs {n} entries (one per stage), got {len(getattr(self, key))}")
+        if len(self.n_conv_decoder) != n - 1:
+            raise PlansError(f"{where}.n_conv_decoder: needs {n - 1} entries (stages minus one)")
+        dims = self.dims
+        for key in ("kernel_sizes", "strides"):
+            for i, v in enumerate(getattr(self, key)):
+                if len(v) != dims or any(x < 1 for x in v):
+                    raise PlansError(f"{where}.{key}[{i}]: needs {dims} positive integers, got {v}")
+
+
+@dataclass
+class ResamplingPlan:
+    """Interpolation orders; the coarse axis of anisotropic data is resampled separately."""
+
+    order_data: int = 3
+    order_seg: int = 1
+    order_probabilities: int = 1
+    order_z: int = 0
+    anisotropy_threshold: float = 3.0
+
+
+@dataclass
+class IntensityProperties:
+    """Foreground intensity statistics of one channel over the whole training set."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+
+@dataclass
+class ConfigurationPlan:
+    name: str
+    data_identifier: str
+    spacing: list[float]
+    patch_size: list[int]
+    batch_size: int
+    median_shape: list[int]
+    network: NetworkPlan
+    normalization: list[str]
+    use_mask_for_norm: list[bool]
+    batch_dice: bool
+    estimated_memory_bytes: int
+    resampling: ResamplingPlan = field(default_factory=ResamplingPlan)
+    previous_stage: str | None = None
+    next_stage: str | None = None
+    mirror_axes: list[int] | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> int:
+        return len(self.patch_size)
+
+    def validate(self, where: str) -> None:
+        if self.dims not in (2, 3):
+            raise PlansError(f"{where}.patch_size: needs 2 or 3 entries, got {self.patch_size}")
+        for key in ("spacing", "median_shape"):
+            if len(getattr(self, key)) != self.dims:
+                raise PlansError(f"{where}.{key}: needs {self.dims} entries like patch_size")
+        if self.network.dims != self.dims:
+            raise PlansError(f"{where}.network.kernel_sizes: {self.network.dims}D kernels for a {self.dims}D patch")
+        if self.batch_size < 1:
+            raise PlansError(f"{where}.batch_size: must be at least 1, got {self.batch_size}")
+        if any(s <= 0 for s in self.spacing):
+            raise PlansError(f"{where}.spacing: must be positive, got {self.spacing}")
+        total = self.network.total_stride()
+        bad = [a for a in range(self.dims) if self.patch_size[a] % total[a]]
+        if bad:
+            raise PlansError(
+                f"{where}.patch_size: {self.patch_size} is not divisible by the network's total "
+                f"downsampling {total} on axis {bad}; use multiples of {total} or re-plan"
+            )
+        for i, scheme in enumerate(self.normalization):
+            if scheme not in NORMALIZATION_SCHEMES:
+                raise PlansError(f"{where}.normalization[{i}]: unknown scheme '{scheme}', use one of {NORMALIZATION_SCHEMES}")
+        if len(self.use_mask_for_norm) != len(self.normalization):
+            raise PlansError(f"{where}.use_mask_for_norm: needs one entry per channel")
+
+
+@dataclass
+class Plans:
+    task: str
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    transpose_forward: list[int]
+    transpose_backward: list[int]
+    original_median_spacing: list[float]
+    original_median_shape: list[int]
+    foreground_intensity_properties: dict[str, IntensityProperties]
+    gpu_memory_target_gb: float
+    configurations: dict[str, ConfigurationPlan]
+    version: int = PLANS_VERSION
+    is_2d_data: bool = False
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> list[int]:
+        """Label values in index order (index 0 = background)."""
+        return sorted(self.labels.values())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def configuration(self, name: str) -> ConfigurationPlan:
+        if name not in self.configurations:
+            raise PlansError(
+                f"plans.json: configuration '{name}' is not planned for task {self.task}; "
+                f"planned: {sorted(self.configurations)}"
+            )
+        return self.configurations[name]
+
+    def validate(self, where: str) -> None:
+        if self.version != PLANS_VERSION:
+            raise PlansError(f"{where}.version: {self.version} is not supported (expected {PLANS_VERSION}); re-plan")
+        if sorted(self.transpose_forward) != [0, 1, 2]:
+            raise PlansError(f"{where}.transpose_forward: must be a permutation of [0, 1, 2]")
+        back = [self.transpose_forward.index(i) for i in range(3)]
+        if back != self.transpose_backward:
+            raise PlansError(f"{where}.transpose_backward: must invert transpose_forward (expected {back})")
+        if 0 not in self.labels.values():
+            raise PlansError(f"{where}.labels: needs a background label with value 0")
+        for name, cfg in self.configurations.items():
+            if cfg.name != name:
+                raise PlansError(f"{where}.configurations.{name}.name: is '{cfg.name}', must equal its key")
+            if len(cfg.normalization) != self.num_channels:
+                raise PlansError(f"{where}.configurations.{name}.normalization: needs {self.num_channels} entries")
+            for ref in (cfg.previous_stage, cfg.next_stage):
+                if ref is not None and ref not in self.configurations:
+                    raise PlansError(f"{where}.configurations.{name}: refers to unknown configuration '{ref}'")
+
+
+def load_plans(path: str | Path) -> Plans:
+    """Load and validate plans.json; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlansError(f"{path}: plans not found; run `autounet plan_and_preprocess <task>` first")
+    return from_dict(Plans, read_json(path), str(path))
+
+
+def save_plans(plans: Plans, path: str | Path) -> None:
+    plans.validate(str(path))
+    write_json(path, to_dict(plans))

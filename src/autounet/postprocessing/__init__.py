@@ -1,0 +1,1 @@
+"""Connected-component cleanup decided on cross-validation predictions."""

@@ -1,0 +1,1 @@
+"""Cropping, normalization, resampling and the per-case preprocessed store."""

@@ -1,0 +1,1 @@
+"""Training: splits, data loading, augmentation, losses, the trainer loop, checkpoints."""
