@@ -1,0 +1,354 @@
+"""The `autounet` command line: parses arguments and calls the library. Nothing else lives here.
+
+Every command accepts `--workspace DIR` (else $AUTOUNET_HOME, else ~/autounet). Errors a user
+can fix are printed as one line, `error: ...`, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from autounet import __version__
+from autounet.errors import AutounetError
+from autounet.pipeline.workspace import Workspace, resolve_workspace
+
+log = logging.getLogger("autounet")
+
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
+
+def _workspace(args: argparse.Namespace) -> Workspace:
+    return resolve_workspace(args.workspace)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from autounet.pipeline.doctor import doctor_report
+
+    print(doctor_report(_workspace(args)))
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from autounet.pipeline.demo_data import write_demo_task
+
+    path = write_demo_task(Path(args.directory), two_d=args.two_d, seed=args.seed)
+    print(f"demo task written to {path}")
+    return 0
+
+
+def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
+    from autounet.pipeline.plan_and_preprocess import plan_and_preprocess
+
+    result = plan_and_preprocess(
+        _workspace(args), args.task, num_workers=args.num_workers, gpu_memory_gb=args.gpu_memory,
+        plan_only=args.plan_only, clean=args.clean, configurations=args.configurations,
+        architecture=args.architecture, show_progress=not args.no_progress,
+    )
+    print(f"plans: {result.preprocessed_dir / 'plans.json'} ({', '.join(result.configurations)})")
+    if result.preprocessed:
+        print(f"preprocessed: {', '.join(result.preprocessed)} in {result.preprocessed_dir}")
+    print(f"next: autounet plans {result.task}   |   autounet train 3d_fullres fold 0" if
+          "3d_fullres" in result.configurations else
+          f"next: autounet plans {result.task}   |   autounet train 2d fold 0")
+    return 0
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    from autounet.pipeline.task_names import find_task_name
+    from autounet.planners.plans import load_plans
+    from autounet.planners.summary import format_plans_table
+
+    ws = _workspace(args)
+    name = find_task_name(args.task, ws, require_preprocessed=True)
+    print(format_plans_table(load_plans(ws.preprocessed(name) / "plans.json")))
+    return 0
+
+
+def parse_folds(words: Sequence[str], fold: str | None, folds: str | None) -> list[int | str]:
+    """`fold 0`, `0`, `fold all`, `--fold 3`, `--folds 0-4` or `--folds 0,2` -> list of folds."""
+    given = [w for w in words if w != "fold"]
+    sources = [s for s in (given and " ".join(given), fold, folds) if s]
+    if len(sources) > 1:
+        raise AutounetError("give the fold once: `fold 0`, `--fold 0` or `--folds 0-4`")
+    if not sources:
+        raise AutounetError("which fold? e.g. `autounet train 3d_fullres fold 0` (0-4, or `all`)")
+    text = str(sources[0]).strip()
+    if len(given) > 1:
+        raise AutounetError(f"unexpected words after the configuration: {' '.join(words)}; use `fold N`")
+    if text == "all":
+        return ["all"]
+    out: list[int | str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, _, hi = part.partition("-")
+            if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+                raise AutounetError(f"invalid fold range '{part}'; use e.g. 0-4")
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part.isdigit():
+            out.append(int(part))
+        elif part == "all":
+            out.append("all")
+        else:
+            raise AutounetError(f"invalid fold '{part}'; use 0-4 or `all`")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from autounet.training.run_training import resolve_task_for_training, run_training
+    from autounet.training.settings import TrainingSettings
+
+    ws = _workspace(args)
+    folds = parse_folds(args.fold_words, args.fold, args.folds)
+    task = resolve_task_for_training(ws, args.task)
+    settings = TrainingSettings(
+        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device=args.device, workers=args.workers,
+        resume=args.resume, init_from=args.init_from, network=args.network,
+        save_probabilities=args.save_probabilities, seed=args.seed, val_iters=args.val_iters,
+    )
+    for fold in folds:
+        fold_dir = run_training(ws, task, args.configuration, fold, settings)
+        print(f"fold {fold} finished: {fold_dir}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from autounet.inference.predict_folder import predict_folder
+
+    report = predict_folder(
+        _workspace(args), Path(args.input), Path(args.output), task=args.task, configuration=args.configuration,
+        folds=args.folds, checkpoint=args.checkpoint, use_mirroring=not args.disable_tta,
+        step_size=args.step_size, save_probabilities=args.save_probabilities,
+        postprocess=not args.no_postprocessing, device=args.device, resume=args.resume,
+        num_parts=args.num_parts, part_id=args.part_id,
+    )
+    print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
+    for case, why in report.failed.items():
+        print(f"error: {case}: {why}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    from autounet.postprocessing.decision import postprocess_folder
+
+    decision = Path(args.decision) if args.decision else _postprocessing_for_task(args)
+    postprocess_folder(Path(args.input), Path(args.output), decision, num_workers=args.num_workers)
+    print(f"postprocessed {args.input} -> {args.output} using {decision}")
+    return 0
+
+
+def _postprocessing_for_task(args: argparse.Namespace) -> Path:
+    from autounet.inference.model_choice import choose_model
+
+    choice = choose_model(_workspace(args), task=args.task, configuration=args.configuration)
+    if choice.postprocessing is None:
+        raise AutounetError(
+            f"no postprocessing decision for task {choice.task}; run `autounet find_best_configuration "
+            f"{choice.task}` or pass --decision FILE")
+    return Path(choice.postprocessing)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from autounet.evaluation.evaluate import evaluate_folder, parse_metrics
+    from autounet.evaluation.summary_table import format_summary
+
+    labels, names = _evaluation_labels(args)
+    summary = evaluate_folder(Path(args.ref), Path(args.pred), labels, metrics=parse_metrics(args.metrics),
+                              num_workers=args.num_workers)
+    print(format_summary(summary, names))
+    print(f"summary: {Path(args.pred) / 'summary.json'}")
+    return 0
+
+
+def _evaluation_labels(args: argparse.Namespace) -> tuple[list[int], dict[int, str]]:
+    """Labels from --labels, else from the task's dataset.json, else from the reference files."""
+    if args.labels:
+        return [0] + [v for v in args.labels if v != 0], {v: str(v) for v in args.labels}
+    if args.task:
+        from autounet.pipeline.dataset import find_task, load_task
+
+        task = load_task(find_task(args.task, _workspace(args)))
+        return sorted(task.labels.values()), {v: k for k, v in task.labels.items()}
+    from autounet.evaluation.evaluate import labels_in_folder
+
+    values = labels_in_folder(Path(args.ref))
+    return values, {v: str(v) for v in values}
+
+
+def cmd_find_best(args: argparse.Namespace) -> int:
+    from autounet.evaluation.find_best import find_best_configuration
+    from autounet.pipeline.task_names import find_task_name
+
+    ws = _workspace(args)
+    name = find_task_name(args.task, ws, require_preprocessed=True)
+    result = find_best_configuration(ws, name, configurations=args.configurations,
+                                     allow_ensembles=not args.no_ensembles, num_workers=args.num_workers)
+    print((ws.results(name) / "best_configuration.txt").read_text(encoding="utf-8")
+          if (ws.results(name) / "best_configuration.txt").is_file() else result)
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from autounet.inference.ensemble import ensemble_folders
+
+    ensemble_folders([Path(p) for p in args.input], Path(args.output), save_probabilities=args.save_probabilities)
+    print(f"ensemble written to {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autounet",
+        description="Self-configuring medical image segmentation: plan, preprocess, train, predict, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"autounet {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workspace", metavar="DIR", default=None,
+                        help="workspace root (default: $AUTOUNET_HOME, else ~/autounet)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=False, help="debug logging")
+    common.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS,
+                        help="workspace root (default: $AUTOUNET_HOME, else ~/autounet)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str,
+            aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, aliases=list(aliases))
+        p.set_defaults(func=fn)
+        return p
+
+    add("doctor", cmd_doctor, "show paths, versions, devices, RAM, disk and /dev/shm")
+
+    p = add("demo-data", cmd_demo_data, "write a small synthetic MSD-layout demo task", aliases=["demo_data"])
+    p.add_argument("directory", help="folder to write the task into (e.g. <workspace>/raw)")
+    p.add_argument("--2d", dest="two_d", action="store_true", help="the 2D demo task")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("plan_and_preprocess", cmd_plan_and_preprocess,
+            "check a task, fingerprint it, plan configurations and preprocess them",
+            aliases=["plan-and-preprocess"])
+    p.add_argument("task", help="Task01, 1, Task01_BrainTumour, Dataset001_BrainTumour or a path")
+    p.add_argument("-np", "--num-workers", type=int, default=None,
+                   help="worker processes (default: from CPU cores and free RAM)")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                   help="GPU memory target for planning (default: the CUDA GPU present, else 8)")
+    p.add_argument("--plan-only", action="store_true", help="stop after writing plans.json")
+    p.add_argument("--clean", action="store_true", help="recompute fingerprint and preprocessed data")
+    p.add_argument("-c", "--configurations", nargs="+", choices=CONFIGURATIONS[:3], default=None,
+                   help="configurations to preprocess (default: all planned)")
+    p.add_argument("--architecture", default="plain_unet", choices=["plain_unet", "resenc_unet"],
+                   help="network family to plan for")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("plans", cmd_plans, "print a summary table of a task's plans")
+    p.add_argument("task")
+
+    p = add("train", cmd_train, "train one or more folds of a configuration")
+    p.add_argument("configuration", choices=CONFIGURATIONS)
+    p.add_argument("fold_words", nargs="*", metavar="fold N",
+                   help="`fold 0`, `0`, `fold all`")
+    p.add_argument("--fold", default=None, help="fold number or `all`")
+    p.add_argument("--folds", default=None, help="several folds, e.g. 0-4 or 0,2")
+    p.add_argument("-t", "--task", default=None, help="task (default: the only preprocessed task)")
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--iters-per-epoch", type=int, default=250)
+    p.add_argument("--val-iters", type=int, default=50, help="validation patches per epoch")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes (default: from CPU cores and RAM; 0 = main process)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from pretrained weights")
+    p.add_argument("--network", default=None,
+                   help="network name from the registry or a user class as pkg.module:Class")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="keep validation softmax (for find_best_configuration ensembles)")
+    p.add_argument("--seed", type=int, default=12345)
+
+    p = add("predict", cmd_predict, "predict a folder of images (or one file) with a trained model")
+    p.add_argument("-i", "--input", required=True, help="folder of cases (either layout) or one image file")
+    p.add_argument("-o", "--output", required=True, help="output folder (must differ from the input)")
+    p.add_argument("-t", "--task", default=None)
+    p.add_argument("-c", "--configuration", default=None)
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
+    p.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
+    p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (about 8x faster in 3D)")
+    p.add_argument("--step-size", type=float, default=0.5)
+    p.add_argument("--save-probabilities", action="store_true")
+    p.add_argument("--no-postprocessing", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
+    p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
+    p.add_argument("--num-parts", type=int, default=1)
+    p.add_argument("--part-id", type=int, default=0)
+
+    p = add("postprocess", cmd_postprocess, "apply the chosen connected-component postprocessing")
+    p.add_argument("-i", "--input", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-t", "--task", default=None)
+    p.add_argument("-c", "--configuration", default=None)
+    p.add_argument("--decision", default=None, help="postprocessing.json (default: the task's chosen one)")
+    p.add_argument("-np", "--num-workers", type=int, default=0)
+
+    p = add("evaluate", cmd_evaluate, "Dice/IoU (and optionally HD95, NSD) of predictions against references")
+    p.add_argument("-ref", "--ref", required=True, help="folder of reference label maps")
+    p.add_argument("-pred", "--pred", required=True, help="folder of predicted label maps")
+    p.add_argument("-t", "--task", default=None, help="take label names from this task")
+    p.add_argument("--labels", type=int, nargs="+", default=None, help="label values to evaluate")
+    p.add_argument("--metrics", default="dice", help="comma list: dice,hd95,nsd:TOL_MM")
+    p.add_argument("-np", "--num-workers", type=int, default=0)
+
+    p = add("find_best_configuration", cmd_find_best,
+            "evaluate cross-validation of every trained configuration (and pairs), choose the best",
+            aliases=["find-best-configuration"])
+    p.add_argument("task")
+    p.add_argument("-c", "--configurations", nargs="+", default=None)
+    p.add_argument("--no-ensembles", action="store_true")
+    p.add_argument("-np", "--num-workers", type=int, default=0)
+
+    p = add("ensemble", cmd_ensemble, "average saved probabilities of several prediction folders")
+    p.add_argument("-i", "--input", nargs="+", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--save-probabilities", action="store_true")
+
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_autounet", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._autounet = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(getattr(args, "verbose", False))
+    try:
+        return int(args.func(args) or 0)
+    except AutounetError as exc:
+        message = str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

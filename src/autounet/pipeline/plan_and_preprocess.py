@@ -1,0 +1,111 @@
+"""Stage orchestration for `autounet plan_and_preprocess`: check, fingerprint, plan, preprocess.
+
+Each stage reads the previous stage's files: the fingerprint is reused unless `clean`, the
+plans are always recomputed from the fingerprint (cheap, and they must follow the memory
+target given now), preprocessing skips cases already finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from autounet.io.atomic import write_json
+from autounet.pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GPU_MEMORY_GB = 8.0
+
+
+@dataclass
+class PlanAndPreprocessResult:
+    task: str
+    preprocessed_dir: Path
+    configurations: list[str]
+    preprocessed: list[str]
+
+
+def default_gpu_memory_gb() -> tuple[float, str]:
+    """Memory of the CUDA GPU present, else 8 GB; returns the value and where it came from."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory / 1e9
+            return round(total, 1), f"CUDA device 0 ({torch.cuda.get_device_name(0)})"
+    except Exception:  # noqa: BLE001 - no torch/CUDA means the default applies
+        pass
+    return DEFAULT_GPU_MEMORY_GB, "default (no CUDA GPU found)"
+
+
+def plan_and_preprocess(
+    workspace: Workspace,
+    task_name: str,
+    num_workers: int | None = None,
+    gpu_memory_gb: float | None = None,
+    plan_only: bool = False,
+    clean: bool = False,
+    configurations: list[str] | None = None,
+    architecture: str = "plain_unet",
+    show_progress: bool = True,
+) -> PlanAndPreprocessResult:
+    from autounet.pipeline.dataset import find_task, load_task
+    from autounet.pipeline.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
+    from autounet.pipeline.integrity import verify_task
+    from autounet.pipeline.parallel import default_num_workers
+    from autounet.planners.experiment_planner import plan_experiment
+    from autounet.planners.plans import save_plans
+    from autounet.preprocessing.preprocessor import preprocess_task
+
+    task_dir = find_task(task_name, workspace)
+    task = load_task(task_dir)
+    workers = default_num_workers(per_worker_gb=2.0) if num_workers is None else num_workers
+    log.info("task %s (%s layout) at %s: %d training cases, %d channel(s), labels %s",
+             task.name, task.layout, task_dir, len(task.training), len(task.channel_names),
+             ", ".join(f"{v}={k}" for k, v in sorted(task.labels.items(), key=lambda kv: kv[1])))
+
+    log.info("checking dataset integrity ...")
+    verify_task(task, num_workers=workers)
+
+    out = workspace.preprocessed(task.name)
+    fp_path = out / "fingerprint.json"
+    if clean and out.exists():
+        log.info("--clean: removing %s", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "dataset.json", task.to_json_dict())
+
+    if fp_path.is_file():
+        log.info("reusing fingerprint %s (pass --clean to recompute)", fp_path)
+        fingerprint = load_fingerprint(fp_path)
+    else:
+        log.info("extracting fingerprint with %d worker(s) ...", workers)
+        fingerprint = extract_fingerprint(task, num_workers=workers, show_progress=show_progress)
+        save_fingerprint(fingerprint, fp_path)
+
+    if gpu_memory_gb is None:
+        gpu_memory_gb, source = default_gpu_memory_gb()
+    else:
+        source = "--gpu-memory"
+    log.info("planning for %.1f GB of GPU memory (%s)", gpu_memory_gb, source)
+    plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory_gb, architecture=architecture)
+    save_plans(plans, out / "plans.json")
+    planned = list(plans.configurations)
+    log.info("planned configurations: %s -> %s", ", ".join(planned), out / "plans.json")
+
+    done: list[str] = []
+    if not plan_only:
+        wanted = configurations or planned
+        unknown = [c for c in wanted if c not in plans.configurations]
+        if unknown:
+            from autounet.errors import PlansError
+
+            raise PlansError(f"{out / 'plans.json'}: configuration(s) {unknown} not planned; planned: {planned}")
+        preprocess_task(workspace, task, plans, wanted, num_workers=workers, clean=clean,
+                        show_progress=show_progress)
+        done = wanted
+        log.info("preprocessed %s into %s", ", ".join(wanted), out)
+    return PlanAndPreprocessResult(task.name, out, planned, done)
