@@ -1,0 +1,236 @@
+"""Integrity check of a task before any heavy work: every problem, every file, in one report.
+
+Why collect instead of failing fast: a user fixing a data set wants the full list at once,
+not one problem per (possibly long) run. Nothing is written anywhere; the check only reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autounet.errors import ImageReadError, IntegrityError
+from autounet.io.geometry import Geometry
+from autounet.io.images import compare_grids, count_nonfinite, read_image, read_label, split_channel_suffix
+from autounet.pipeline.dataset import CaseFiles, TaskDataset, visible_files
+from autounet.pipeline.parallel import run_parallel
+
+log = logging.getLogger(__name__)
+
+_MAX_LISTED_VALUES = 10
+
+
+@dataclass
+class IntegrityReport:
+    """Problems that block the pipeline (`errors`) and ones that are only suspicious (`warnings`)."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class _CaseJob:
+    """Everything a worker needs to check one training case (picklable)."""
+
+    case: CaseFiles
+    layout: str
+    channel_names: dict[str, str]
+    label_values: tuple[int, ...]
+
+
+@dataclass
+class _CaseResult:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    num_channels: int | None = None
+
+
+def check_task(task: TaskDataset, num_workers: int = 0) -> IntegrityReport:
+    """Check every training case (and that listed test files exist); collect all problems."""
+    report = IntegrityReport()
+    if not task.training:
+        report.errors.append(
+            f"{task.dataset_json}: the task has no training cases; add image/label pairs to imagesTr and labelsTr"
+            + (" and list them under 'training'" if task.layout == "msd" else "")
+        )
+        return report
+    if task.layout == "nnunet":
+        report.errors.extend(_undeclared_channel_files(task))
+    jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values)) for c in task.training]
+    results = run_parallel(
+        check_case, jobs, [c.case_id for c in task.training], num_workers, desc="integrity check",
+        show_progress=len(jobs) > 1,
+    )
+    for res in results:
+        report.errors.extend(res.errors)
+        report.warnings.extend(res.warnings)
+    report.errors.extend(_channel_count_consistency(task, results))
+    for case in task.test:
+        for p in case.images:
+            if not p.is_file():
+                report.errors.append(
+                    f"{p}: test image of case '{case.case_id}' is missing; "
+                    "add the file or remove the case from the test list"
+                )
+    return report
+
+
+def verify_task(task: TaskDataset, num_workers: int = 0) -> IntegrityReport:
+    """Run check_task, log its warnings, and raise IntegrityError listing every error."""
+    report = check_task(task, num_workers=num_workers)
+    for w in report.warnings:
+        log.warning("%s", w)
+    if report.errors:
+        raise IntegrityError(report.errors)
+    return report
+
+
+def check_case(job: _CaseJob) -> _CaseResult:
+    """All checks of one training case; top-level so that worker processes can run it."""
+    res = _CaseResult()
+    case = job.case
+    missing = [p for p in job.case.images if not p.is_file()]
+    for p in missing:
+        if job.layout == "nnunet":
+            _, channel = split_channel_suffix(p.name.split(".")[0])
+            res.errors.append(
+                f"{p}: channel {channel} file of case '{case.case_id}' is missing; add it "
+                f"(every case needs all {len(job.channel_names)} channel(s) of channel_names)"
+            )
+        else:
+            res.errors.append(
+                f"{p}: listed in dataset.json for case '{case.case_id}' but missing; "
+                "add the file or remove the case from 'training'"
+            )
+    if case.label is None:
+        res.errors.append(
+            f"case '{case.case_id}' ({case.images[0]}): no label file given; add a 'label' entry and the label map"
+        )
+    elif not case.label.is_file():
+        res.errors.append(
+            f"{case.label}: label of training case '{case.case_id}' is missing; "
+            "add the label map or remove the case"
+        )
+
+    grid: Geometry | None = None
+    grid_file: Path | None = None
+    total_channels = 0
+    for p in case.images:
+        if p in missing:
+            continue
+        try:
+            data, geometry = read_image(p)
+        except ImageReadError as exc:
+            res.errors.append(str(exc))
+            continue
+        channels = data.shape[0]
+        total_channels += channels
+        if job.layout == "nnunet" and channels != 1:
+            res.errors.append(
+                f"{p}: is 4D ({channels} volumes) where a 3D channel file is expected; "
+                "split it into one 3D file per channel (_0000, _0001, ...)"
+            )
+        try:
+            bad = count_nonfinite(p, data)
+        except ImageReadError as exc:
+            res.errors.append(str(exc))
+            continue
+        if bad:
+            res.errors.append(f"{p}: contains {bad} NaN/inf voxel(s); replace them (e.g. with 0) and re-export")
+        if grid is None:
+            grid, grid_file = geometry, p
+        else:
+            _compare(res, grid, grid_file, geometry, p, "channel file")
+    if not missing and grid is not None and total_channels:
+        res.num_channels = total_channels
+
+    if case.label is not None and case.label.is_file():
+        try:
+            seg, label_geometry = read_label(case.label)
+        except ImageReadError as exc:
+            res.errors.append(str(exc))
+        else:
+            try:
+                res.errors.extend(_label_value_problems(case.label, seg, job.label_values))
+            except ImageReadError as exc:
+                res.errors.append(str(exc))
+            if grid is not None:
+                _compare(res, grid, grid_file, label_geometry, case.label, "label")
+    return res
+
+
+def _compare(res: _CaseResult, ref: Geometry, ref_file: Path | None, other: Geometry, path: Path, what: str) -> None:
+    hard, soft = compare_grids(ref, other)
+    ref_name = ref_file.name if ref_file is not None else "the image"
+    if hard:
+        res.errors.append(
+            f"{path}: {what} {hard} of image {ref_name}; {what}s must lie on the image's grid - "
+            "resample or re-export it"
+        )
+    if soft:
+        res.warnings.append(f"{path}: {what} {soft} from image {ref_name}; the image's grid is used")
+
+
+def _label_value_problems(path: Path, seg: np.ndarray, declared: tuple[int, ...]) -> list[str]:
+    """Non-integer values and values that dataset.json does not declare."""
+    if seg.dtype.kind == "f":
+        if count_nonfinite(path, seg):
+            return [f"{path}: label map contains NaN/inf values; labels must be whole numbers - re-export it"]
+        fractional = seg[seg != np.round(seg)]
+        if fractional.size:
+            return [
+                f"{path}: label map holds non-integer values (e.g. {float(fractional.flat[0]):g}); "
+                "labels must be whole numbers - re-export it as an integer label map"
+            ]
+    values = np.unique(seg).astype(np.int64)
+    undeclared = sorted(set(values.tolist()) - set(declared))
+    if undeclared:
+        shown = ", ".join(str(v) for v in undeclared[:_MAX_LISTED_VALUES])
+        more = " ..." if len(undeclared) > _MAX_LISTED_VALUES else ""
+        return [
+            f"{path}: label value(s) {shown}{more} are not declared in dataset.json 'labels' "
+            f"(declared: {', '.join(str(v) for v in declared)}); declare them or fix the label map"
+        ]
+    return []
+
+
+def _channel_count_consistency(task: TaskDataset, results: list[_CaseResult]) -> list[str]:
+    """Every case must have the declared number of channels (MSD: counted in each 4D/3D file)."""
+    expected = task.num_channels
+    counts = Counter(r.num_channels for r in results if r.num_channels is not None)
+    errors = []
+    for case, res in zip(task.training, results):
+        if res.num_channels is not None and res.num_channels != expected:
+            others = ", ".join(f"{n} channel(s) in {k} case(s)" for n, k in sorted(counts.items()))
+            errors.append(
+                f"{case.images[0]}: case '{case.case_id}' has {res.num_channels} channel(s) but dataset.json "
+                f"declares {expected} ({', '.join(task.channel_names.values())}); cases have {others} - "
+                "every case needs the same channels in the same order"
+            )
+    return errors
+
+
+def _undeclared_channel_files(task: TaskDataset) -> list[str]:
+    """nnU-Net layout: channel files beyond channel_names (e.g. a stray _0002) are errors."""
+    folder = task.root / "imagesTr"
+    if not folder.is_dir():
+        return []
+    errors = []
+    for p in visible_files(folder):
+        if not p.name.endswith(task.file_ending):
+            continue
+        _, channel = split_channel_suffix(p.name[: -len(task.file_ending)])
+        if channel is not None and channel >= task.num_channels:
+            errors.append(
+                f"{p}: channel {channel} is not declared in dataset.json 'channel_names' "
+                f"(declared: {task.num_channels}); remove the file or declare the channel"
+            )
+    return errors

@@ -1,0 +1,35 @@
+"""Fixtures shared by every test directory: small demo tasks and the real data folder.
+
+The demo tasks are session-scoped (generated once per run, about a second): treat them as
+read-only and copy them (`shutil.copytree`) before changing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autounet.pipeline.demo_data import write_demo_task
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_task_3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small 3D MSD-layout demo task `Task01_Demo` (8 training, 2 test cases, seed 0)."""
+    return write_demo_task(tmp_path_factory.mktemp("demo3d"), num_training=8, num_test=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_task_2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small 2D MSD-layout demo task `Task02_Demo2D` (12 training, 2 test cases, seed 0)."""
+    return write_demo_task(tmp_path_factory.mktemp("demo2d"), two_d=True, num_training=12, num_test=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the repository; the test is skipped where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
