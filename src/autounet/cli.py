@@ -7,6 +7,7 @@ can fix are printed as one line, `error: ...`, with exit code 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from autounet.pipeline.workspace import Workspace, resolve_workspace
 log = logging.getLogger("autounet")
 
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+_FORMATTER = functools.partial(argparse.HelpFormatter, width=100)
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:
@@ -203,12 +205,62 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from autounet.pipeline.demo import run_demo
+
+    result = run_demo(_workspace(args), two_d=args.two_d, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+                      device=args.device, workers=args.workers)
+    print(f"demo finished in {result.seconds / 60:.1f} min: mean foreground Dice on the held-out demo cases "
+          f"{result.dice:.3f}")
+    print(f"report: {result.report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autounet.pipeline.task_names import find_task_name
+    from autounet.reporting.html_report import write_report
+
+    ws = _workspace(args)
+    name = find_task_name(args.task, ws, require_preprocessed=True)
+    out = write_report(ws, name, Path(args.output) if args.output else None)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_overlay(args: argparse.Namespace) -> int:
+    from autounet.reporting.overlay import overlay_files
+
+    out = overlay_files(Path(args.image), Path(args.seg), Path(args.output),
+                        Path(args.second) if args.second else None)
+    print(f"overlay: {out}")
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from autounet.pipeline.model_sharing import export_model
+    from autounet.pipeline.task_names import find_task_name
+
+    ws = _workspace(args)
+    name = find_task_name(args.task, ws, require_preprocessed=False)
+    out = export_model(ws, name, Path(args.output), runs=args.runs, folds=args.folds, checkpoint=args.checkpoint)
+    print(f"exported {name} to {out}")
+    return 0
+
+
+def cmd_install_model(args: argparse.Namespace) -> int:
+    from autounet.pipeline.model_sharing import install_model
+
+    target = install_model(Path(args.archive), _workspace(args), overwrite=args.overwrite)
+    print(f"installed into {target}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="autounet",
+        prog="autounet", formatter_class=_FORMATTER,
         description="Self-configuring medical image segmentation: plan, preprocess, train, predict, evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"autounet {__version__}")
@@ -224,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str,
             aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, aliases=list(aliases))
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, aliases=list(aliases),
+                           formatter_class=_FORMATTER)
         p.set_defaults(func=fn)
         return p
 
@@ -320,7 +373,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--save-probabilities", action="store_true")
 
+    p = add("demo", cmd_demo, "run the whole pipeline on the demo task (CPU, minutes) and write a report")
+    p.add_argument("--2d", dest="two_d", action="store_true", help="use the 2D demo task")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: a CPU-sized budget)")
+    p.add_argument("--iters-per-epoch", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
+    p.add_argument("--workers", type=int, default=None)
+
+    p = add("report", cmd_report, "write a self-contained HTML report of a task")
+    p.add_argument("task")
+    p.add_argument("-o", "--output", default=None, help="HTML file (default: <workspace>/results/<task>/report.html)")
+
+    p = add("overlay", cmd_overlay, "draw an image with a label map outlined, for checking data")
+    p.add_argument("-i", "--image", required=True)
+    p.add_argument("-s", "--seg", required=True)
+    p.add_argument("-o", "--output", required=True, help="PNG file")
+    p.add_argument("--second", default=None, help="a second label map drawn beside the first")
+
+    p = add("export_model", cmd_export_model, "write a task's trained model as a zip with checksums",
+            aliases=["export-model"])
+    p.add_argument("task")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--runs", nargs="+", default=None, help="run folders to include (default: all trained)")
+    p.add_argument("-f", "--folds", nargs="+", default=None)
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+
+    p = add("install_model", cmd_install_model, "check and install a model exported with export_model",
+            aliases=["install-model"])
+    p.add_argument("archive")
+    p.add_argument("--overwrite", action="store_true")
+
     return parser
+
+
+def command_reference() -> str:
+    """Markdown of every command's --help, for the README (a test keeps them in sync)."""
+    parser = build_parser()
+    parts = ["```text", parser.format_help().rstrip(), "```"]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    seen: set[int] = set()
+    for name, sp in sub.choices.items():
+        if id(sp) in seen:
+            continue
+        seen.add(id(sp))
+        parts += ["", f"### autounet {name}", "", "```text", sp.format_help().rstrip(), "```"]
+    return "\n".join(parts) + "\n"
 
 
 def _configure_logging(verbose: bool) -> None:
