@@ -1,0 +1,233 @@
+"""Decide connected-component cleanup on cross-validation predictions, store it as JSON, apply it.
+
+The decision follows nnU-Net's rule (reference section 8):
+
+1. Candidate A, "keep only the largest connected component of all foreground": accepted when the
+   foreground-mean Dice increases and no label's mean Dice decreases.
+2. With more than one foreground label, for each label in turn (starting from A's output when
+   A was accepted): "keep only the largest component of this label", accepted where that label's
+   mean Dice strictly increases.
+
+Step 2 only turns voxels of one label into background, which cannot change any other label's
+mask, so the chained steps are evaluated in a single pass over the cases: per case we compute
+the Dice of every label on the raw prediction, after A, and after keep-largest-of-that-label on
+both starting points. Labels are the values written on disk (not class indices).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autounet.errors import AutounetError, DatasetError, PlansError
+from autounet.evaluation.evaluate import geometry_differences, list_label_files
+from autounet.evaluation.metrics import dice
+from autounet.io.atomic import read_json, write_json
+from autounet.io.images import read_label, write_label
+from autounet.io.json_schema import from_dict, to_dict
+from autounet.pipeline.parallel import run_parallel
+from autounet.postprocessing.connected_components import (
+    keep_largest_component_of_label,
+    keep_largest_foreground_component,
+)
+
+log = logging.getLogger(__name__)
+
+DECISION_VERSION = 1
+
+
+@dataclass
+class PostprocessingDecision:
+    """What to apply to every prediction, and the cross-validation evidence for it.
+
+    `dice_before` / `dice_after` map the label value (as a string, JSON keys are strings) to the
+    mean Dice over the cases before and after the accepted steps.
+    """
+
+    keep_largest_foreground: bool
+    keep_largest_per_label: list[int]
+    dice_before: dict[str, float]
+    dice_after: dict[str, float]
+    foreground_mean_before: float
+    foreground_mean_after: float
+    decided_on: str
+    num_cases: int
+    version: int = DECISION_VERSION
+
+    def validate(self, where: str) -> None:
+        if self.version != DECISION_VERSION:
+            raise PlansError(f"{where}.version: {self.version} is not supported (expected {DECISION_VERSION}); "
+                             "re-run find_best_configuration")
+        bad = [v for v in self.keep_largest_per_label if v <= 0]
+        if bad:
+            raise PlansError(f"{where}.keep_largest_per_label: {bad} are not foreground label values (must be > 0)")
+        if len(set(self.keep_largest_per_label)) != len(self.keep_largest_per_label):
+            raise PlansError(f"{where}.keep_largest_per_label: lists a label twice")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the decision changes nothing (no step accepted)."""
+        return not self.keep_largest_foreground and not self.keep_largest_per_label
+
+    def describe(self) -> str:
+        """One line for logs and CLI output."""
+        steps = []
+        if self.keep_largest_foreground:
+            steps.append("keep largest foreground component")
+        if self.keep_largest_per_label:
+            steps.append("keep largest component of label(s) " + ", ".join(map(str, self.keep_largest_per_label)))
+        what = "; ".join(steps) if steps else "none"
+        return (f"postprocessing: {what} (foreground Dice {self.foreground_mean_before:.4f} -> "
+                f"{self.foreground_mean_after:.4f} on {self.num_cases} cases)")
+
+
+@dataclass
+class _Means:
+    per_label: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def foreground(self) -> float:
+        return _mean_ignoring_nan(list(self.per_label.values()))
+
+
+def _mean_ignoring_nan(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def apply_postprocessing(seg: np.ndarray, decision: PostprocessingDecision) -> np.ndarray:
+    """Apply the accepted steps, in order, to a label map holding label values."""
+    out = np.asarray(seg)
+    if decision.keep_largest_foreground:
+        out = keep_largest_foreground_component(out)
+    for label in decision.keep_largest_per_label:
+        out = keep_largest_component_of_label(out, label)
+    return out
+
+
+def save_postprocessing(decision: PostprocessingDecision, path: str | os.PathLike[str]) -> None:
+    decision.validate(str(path))
+    write_json(path, to_dict(decision))
+
+
+def load_postprocessing(path: str | os.PathLike[str]) -> PostprocessingDecision:
+    """Load and validate postprocessing.json; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: postprocessing decision not found; run find_best_configuration first "
+                           "or predict with --no-postprocessing")
+    return from_dict(PostprocessingDecision, read_json(path), str(path))
+
+
+def _case_dice_table(item: tuple[str, str, tuple[int, ...]]) -> dict[str, dict[int, float]]:
+    """Worker: per-label Dice of one case under every candidate step (see the module docstring)."""
+    pred_path, ref_path, labels = item
+    pred, pred_geo = read_label(pred_path)
+    ref, ref_geo = read_label(ref_path)
+    diffs = geometry_differences(ref_geo, pred_geo, ref.shape, pred.shape)
+    if diffs:
+        raise DatasetError(f"{pred_path}: grid differs from reference {ref_path}: " + "; ".join(diffs))
+    largest_fg = keep_largest_foreground_component(pred)
+    table: dict[str, dict[int, float]] = {"raw": {}, "largest_fg": {}, "label_from_raw": {}, "label_from_fg": {}}
+    for v in labels:
+        ref_mask = ref == v
+        table["raw"][v] = dice(ref_mask, pred == v)
+        table["largest_fg"][v] = dice(ref_mask, largest_fg == v)
+        table["label_from_raw"][v] = dice(ref_mask, keep_largest_component_of_label(pred, v) == v)
+        table["label_from_fg"][v] = dice(ref_mask, keep_largest_component_of_label(largest_fg, v) == v)
+    return table
+
+
+def _means(tables: list[dict[str, dict[int, float]]], key: str, labels: tuple[int, ...]) -> _Means:
+    return _Means({v: _mean_ignoring_nan([t[key][v] for t in tables]) for v in labels})
+
+
+def determine_postprocessing(
+    pred_dir: str | os.PathLike[str],
+    ref_dir: str | os.PathLike[str],
+    label_values: list[int] | tuple[int, ...],
+    num_workers: int = 0,
+) -> PostprocessingDecision:
+    """Decide the cleanup on the predictions in `pred_dir` against same-named references in `ref_dir`."""
+    labels = tuple(int(v) for v in label_values if int(v) != 0)
+    if not labels:
+        raise AutounetError("determine_postprocessing: no foreground labels given")
+    preds = list_label_files(pred_dir)
+    refs = list_label_files(ref_dir)
+    if not preds:
+        raise DatasetError(f"{pred_dir}: no predictions found to decide postprocessing on")
+    orphans = sorted(set(preds) - set(refs))
+    if orphans:
+        raise DatasetError(f"{ref_dir}: no reference for prediction(s) {', '.join(orphans[:10])}; check the folders")
+    names = sorted(preds)
+    items = [(str(preds[n]), str(refs[n]), labels) for n in names]
+    tables = run_parallel(_case_dice_table, items, names, num_workers, desc="postprocessing",
+                          show_progress=len(items) > 1)
+
+    before = _means(tables, "raw", labels)
+    after_fg = _means(tables, "largest_fg", labels)
+    no_label_worse = all(not (after_fg.per_label[v] < before.per_label[v]) for v in labels)
+    accept_fg = after_fg.foreground > before.foreground and no_label_worse
+    log.info("largest foreground component: foreground Dice %.4f -> %.4f, %s", before.foreground,
+             after_fg.foreground, "accepted" if accept_fg else "rejected")
+
+    current = _Means(dict((after_fg if accept_fg else before).per_label))
+    per_label_key = "label_from_fg" if accept_fg else "label_from_raw"
+    kept_labels: list[int] = []
+    if len(labels) > 1:
+        candidate = _means(tables, per_label_key, labels)
+        for v in labels:
+            if candidate.per_label[v] > current.per_label[v]:
+                log.info("largest component of label %d: Dice %.4f -> %.4f, accepted", v,
+                         current.per_label[v], candidate.per_label[v])
+                current.per_label[v] = candidate.per_label[v]
+                kept_labels.append(v)
+
+    return PostprocessingDecision(
+        keep_largest_foreground=bool(accept_fg),
+        keep_largest_per_label=kept_labels,
+        dice_before={str(v): before.per_label[v] for v in labels},
+        dice_after={str(v): current.per_label[v] for v in labels},
+        foreground_mean_before=before.foreground,
+        foreground_mean_after=current.foreground,
+        decided_on=str(pred_dir),
+        num_cases=len(tables),
+    )
+
+
+def _postprocess_item(item: tuple[str, str, dict[str, Any]]) -> str:
+    """Worker: read, clean up and write one label map on the same grid."""
+    in_path, out_path, decision_dict = item
+    decision = from_dict(PostprocessingDecision, decision_dict, "postprocessing decision")
+    seg, geometry = read_label(in_path)
+    write_label(apply_postprocessing(seg, decision), geometry, out_path)
+    return out_path
+
+
+def postprocess_folder(
+    in_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    decision_path: str | os.PathLike[str],
+    num_workers: int = 0,
+) -> list[Path]:
+    """Apply a stored decision to every label map of `in_dir`, writing same-named files to `out_dir`."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if in_dir.resolve() == out_dir.resolve():
+        raise AutounetError(f"{out_dir}: output folder must differ from the input folder (inputs are kept)")
+    decision = load_postprocessing(decision_path)
+    files = list_label_files(in_dir)
+    if not files:
+        raise DatasetError(f"{in_dir}: no label maps found to postprocess")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("%s", decision.describe())
+    names = sorted(files)
+    items = [(str(files[n]), str(out_dir / n), to_dict(decision)) for n in names]
+    written = run_parallel(_postprocess_item, items, names, num_workers, desc="postprocess",
+                           show_progress=len(items) > 1)
+    return [Path(p) for p in written]
