@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autounet.errors import DatasetError
+from autounet.io.atomic import atomic_path, is_temporary, read_json, save_npy, write_json
+
+
+def test_failed_write_leaves_no_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            assert is_temporary(tmp) and tmp.parent == tmp_path
+            raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_keeps_previous_content(tmp_path: Path) -> None:
+    target = tmp_path / "plans.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("{broken")
+            raise RuntimeError
+    assert read_json(target) == {"a": 1}
+
+
+def test_suffix_follows_target_for_format_detection(tmp_path: Path) -> None:
+    with atomic_path(tmp_path / "case.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz")
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "case.nii.gz").read_bytes() == b"x"
+
+
+def test_npy_round_trip_is_memory_mappable(tmp_path: Path) -> None:
+    arr = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    save_npy(tmp_path / "a.npy", arr)
+    loaded = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert isinstance(loaded, np.memmap) and np.array_equal(loaded, arr)
+
+
+def test_read_json_names_file_and_position(tmp_path: Path) -> None:
+    bad = tmp_path / "dataset.json"
+    bad.write_text('{"a": 1,}')
+    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON \(line 1"):
+        read_json(bad)
+    with pytest.raises(DatasetError, match="file not found"):
+        read_json(tmp_path / "missing.json")
