@@ -1,0 +1,142 @@
+"""Map network logits on the preprocessed grid back onto the original image grid.
+
+The inverse of preprocessing, in reverse order: resample the logits to the cropped original
+shape (linear, with the same separate-z rule as preprocessing), turn them into class
+indices (or probabilities), map indices to the label values written on disk, paste the
+crop back into the full volume and undo the transposition.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from autounet.inference.memory import choose_export_strategy, estimate_export_memory_bytes
+from autounet.io.geometry import Geometry
+from autounet.planners.plans import Plans
+from autounet.preprocessing.case_properties import CaseProperties
+from autounet.preprocessing.cropping import paste_into
+from autounet.preprocessing.resampling import resample_probabilities
+
+log = logging.getLogger(__name__)
+
+
+def smallest_label_dtype(label_values: Sequence[int]) -> np.dtype:
+    """uint8/uint16 when every label value fits, else int32 (what the written file will hold)."""
+    lo, hi = min(label_values), max(label_values)
+    if lo >= 0 and hi < 256:
+        return np.dtype(np.uint8)
+    if lo >= 0 and hi < 65536:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def _resampler(props: CaseProperties, plans: Plans, configuration: str):
+    """A function (K, *preprocessed) -> (K, *shape_after_crop) float32 with the plan's settings."""
+    cfg = plans.configuration(configuration)
+    rs = cfg.resampling
+    force_axis = 0 if cfg.dims == 2 else None
+    shape = [int(s) for s in props.shape_after_crop]
+
+    def resample(channels: np.ndarray) -> np.ndarray:
+        if list(channels.shape[1:]) == shape:
+            return np.asarray(channels, dtype=np.float32)
+        return resample_probabilities(channels, shape, props.target_spacing, props.spacing,
+                                      order=rs.order_probabilities, order_z=rs.order_z,
+                                      threshold=rs.anisotropy_threshold, force_separate_axis=force_axis)
+
+    return resample
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)), dim=0).numpy()
+
+
+def _argmax_class_by_class(logits: np.ndarray, resample) -> np.ndarray:
+    """Argmax of the resampled logits keeping only a running maximum: memory independent of K.
+
+    Ties keep the lower index, like np.argmax, so the result equals resampling everything first.
+    """
+    best = resample(logits[0:1])[0]
+    index = np.zeros(best.shape, dtype=np.int16)
+    for k in range(1, logits.shape[0]):
+        score = resample(logits[k:k + 1])[0]
+        better = score > best
+        index[better] = k
+        np.maximum(best, score, out=best)
+    return index
+
+
+def logits_to_segmentation_on_original_grid(
+    logits: np.ndarray | torch.Tensor,
+    props: CaseProperties,
+    plans: Plans,
+    configuration_name: str,
+    return_probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label map (Z, Y, X) in original array order on `props.geometry.shape`, and optionally
+    probabilities (K, Z, Y, X) float16 (background 1 outside the crop box).
+
+    `logits` are (K, z, y, x) on the preprocessed (transposed, cropped, resampled) grid. The
+    label map holds `plans.label_values` in the smallest integer type that fits them.
+    """
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().float().cpu().numpy()
+    num_classes = plans.num_classes
+    if logits.ndim != 4 or logits.shape[0] != num_classes:
+        raise ValueError(f"expected logits (K={num_classes}, z, y, x), got shape {tuple(logits.shape)}")
+    resample = _resampler(props, plans, configuration_name)
+    strategy = choose_export_strategy(props.shape_after_crop, num_classes, return_probabilities)
+    log.info("export of %s: %s, estimated %.2f GiB", props.case_id or "case", strategy.replace("_", " "),
+             estimate_export_memory_bytes(props.shape_after_crop, props.shape_before_crop, num_classes,
+                                          return_probabilities) / 1024**3)
+
+    probabilities = None
+    if strategy == "class_by_class":
+        index = _argmax_class_by_class(logits, resample)
+    else:
+        resampled = resample(logits)
+        if return_probabilities:
+            probs = _softmax(resampled)
+            index = probs.argmax(0)
+            background = np.zeros(num_classes, dtype=np.float16)
+            background[0] = 1
+            full = np.broadcast_to(background.reshape(-1, 1, 1, 1), (num_classes, *props.shape_before_crop))
+            full = np.array(full)
+            full[(slice(None),) + tuple(slice(a, b) for a, b in props.bbox)] = probs.astype(np.float16)
+            probabilities = full
+        else:
+            index = resampled.argmax(0)
+        del resampled
+
+    values = np.asarray(plans.label_values)
+    seg_cropped = values[index].astype(smallest_label_dtype(plans.label_values))
+    seg = paste_into(props.shape_before_crop, props.bbox, seg_cropped, fill=0)
+
+    backward = list(plans.transpose_backward)
+    seg = np.ascontiguousarray(seg.transpose(backward))
+    if probabilities is not None:
+        probabilities = np.ascontiguousarray(probabilities.transpose([0] + [a + 1 for a in backward]))
+    if tuple(seg.shape) != tuple(props.geometry.shape):
+        raise ValueError(f"exported shape {seg.shape} differs from the original grid {tuple(props.geometry.shape)} "
+                         f"of case {props.case_id or '?'}; the case properties do not match the plans")
+    return seg, probabilities
+
+
+def save_prediction(seg: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> None:
+    """Write a label map atomically on exactly the input's grid."""
+    from autounet.io.images import write_label
+
+    write_label(seg, geometry, path)
+
+
+def save_probabilities(probabilities: np.ndarray, label_values: Sequence[int], path: str | os.PathLike[str]) -> None:
+    """`<case>.npz` with 'probabilities' float16 (K, Z, Y, X) and 'label_values' (for ensembling)."""
+    from autounet.io.atomic import save_npz
+
+    save_npz(path, probabilities=np.asarray(probabilities, dtype=np.float16),
+             label_values=np.asarray(label_values, dtype=np.int64))

@@ -1,0 +1,188 @@
+"""`autounet predict`: every case of a folder (or one file) through the chosen model.
+
+Outputs land beside nothing the user gave: one label map per case with the input case's
+file name, on the input's exact grid, written atomically, plus `predict_info.json` saying
+which model, folds and postprocessing made them. A failing case is logged by name and the
+others continue; the report lists the failures so the CLI can exit non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autounet.errors import AutounetError
+from autounet.inference.export import save_prediction
+from autounet.inference.export import save_probabilities as write_probabilities
+from autounet.inference.model_choice import ModelChoice, choose_model
+from autounet.inference.predictor import Predictor
+from autounet.io.atomic import write_json
+from autounet.pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+INFO_FILE = "predict_info.json"
+
+
+@dataclass
+class PredictionReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    choice: ModelChoice | None = None
+
+
+def output_name(case_id: str, first_image: Path) -> str:
+    """Case id plus the input's file ending: `la_003_0000.nii.gz` -> `la_003.nii.gz`."""
+    from autounet.io.images import file_ending
+
+    return case_id + (file_ending(first_image.name) or ".nii.gz")
+
+
+def shard(items: Sequence, num_parts: int, part_id: int) -> list:
+    """Every num_parts-th item starting at part_id (cases are sorted first by the caller)."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise AutounetError(f"--part-id must be in 0..{num_parts - 1} and --num-parts at least 1 "
+                            f"(got part {part_id} of {num_parts})")
+    return list(items)[part_id::num_parts]
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _versions() -> dict[str, str]:
+    import SimpleITK
+    import torch
+
+    import autounet
+
+    return {"autounet": getattr(autounet, "__version__", "unknown"), "torch": torch.__version__,
+            "numpy": np.__version__, "SimpleITK": SimpleITK.Version_VersionString(),
+            "python": platform.python_version()}
+
+
+def _ensemble(predictors: list[Predictor], paths: list[Path], case_id: str,
+              want_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, object]:
+    """One model: its own output. Several: mean of their probabilities on the original grid."""
+    if len(predictors) == 1:
+        return predictors[0].predict_case_files(paths, want_probabilities, case_id=case_id)
+    total, geometry = None, None
+    for p in predictors:
+        _, probs, geometry = p.predict_case_files(paths, True, case_id=case_id)
+        total = probs.astype(np.float32) if total is None else total + probs
+    assert total is not None
+    total /= len(predictors)
+    values = np.asarray(predictors[0].plans.label_values)
+    seg = values[total.argmax(0)]
+    return seg, (total.astype(np.float16) if want_probabilities else None), geometry
+
+
+def predict_folder(
+    workspace: Workspace,
+    input_path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    task: str | None = None,
+    configuration: str | None = None,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str = "final",
+    use_mirroring: bool = True,
+    step_size: float = 0.5,
+    save_probabilities: bool = False,
+    postprocess: bool = True,
+    device: str = "auto",
+    resume: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
+    show_progress: bool = True,
+    cwd: Path | None = None,
+) -> PredictionReport:
+    """Predict every case of `input_path` into `output_dir`; see the module docstring."""
+    from autounet.pipeline.dataset import list_prediction_inputs
+
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    in_folder = input_path if input_path.is_dir() else input_path.parent
+    if _same_folder(in_folder, output_dir):
+        raise AutounetError(f"{output_dir}: the output folder is the input folder; predictions would mix with "
+                            f"the images - choose another -o")
+    if not 0 < step_size <= 1:
+        raise AutounetError(f"--step-size must be in (0, 1], got {step_size}")
+    choice = choose_model(workspace, task, configuration, cwd=cwd, checkpoint=checkpoint, postprocess=postprocess)
+    decision = None
+    if choice.postprocessing is not None:
+        from autounet.postprocessing.decision import load_postprocessing
+
+        decision = load_postprocessing(choice.postprocessing)
+    predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size)
+                  for d in choice.run_dirs]
+    plans = predictors[0].plans
+    cases = sorted(list_prediction_inputs(input_path, plans.num_channels), key=lambda c: c.case_id)
+    cases = shard(cases, num_parts, part_id)
+    used_folds = {p.run_dir.name: p.folds for p in predictors if p.run_dir is not None}
+    log.info("model: %s", "; ".join(choice.reason))
+    log.info("using %s; folds %s; %s checkpoint; mirroring %s; step size %g; postprocessing: %s",
+             ", ".join(d.name for d in choice.run_dirs), used_folds, checkpoint,
+             "on" if use_mirroring else "off", step_size, decision.describe() if decision else "none")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / INFO_FILE, {
+        "task": choice.task,
+        "configuration": choice.configuration,
+        "run_dirs": [str(d) for d in choice.run_dirs],
+        "folds": used_folds,
+        "checkpoint": checkpoint,
+        "mirroring": bool(use_mirroring),
+        "mirror_axes": {p.run_dir.name: p.mirror_axes for p in predictors if p.run_dir is not None},
+        "step_size": step_size,
+        "postprocessing": str(choice.postprocessing) if choice.postprocessing else None,
+        "postprocessing_steps": decision.describe() if decision else "none",
+        "reason": choice.reason,
+        "device": str(predictors[0].device),
+        "num_parts": num_parts,
+        "part_id": part_id,
+        "versions": _versions(),
+    })
+
+    report = PredictionReport(choice=choice)
+    from tqdm import tqdm
+
+    progress = tqdm(cases, desc="predict", unit="case", disable=not show_progress)
+    for case in progress:
+        progress.set_postfix_str(case.case_id)
+        out = output_dir / output_name(case.case_id, case.images[0])
+        if resume and out.is_file() and (not save_probabilities or (output_dir / f"{case.case_id}.npz").is_file()):
+            report.skipped.append(case.case_id)
+            continue
+        start = time.perf_counter()
+        try:
+            seg, probs, geometry = _ensemble(predictors, list(case.images), case.case_id, save_probabilities)
+            if decision is not None:
+                from autounet.postprocessing.decision import apply_postprocessing
+
+                seg = apply_postprocessing(seg, decision)
+            if probs is not None:
+                write_probabilities(probs, plans.label_values, output_dir / f"{case.case_id}.npz")
+            save_prediction(seg, geometry, out)
+        except AutounetError as exc:
+            log.error("%s: %s", case.case_id, exc)
+            report.failed[case.case_id] = str(exc)
+        except (RuntimeError, ValueError, MemoryError, OSError) as exc:
+            log.exception("%s: prediction failed", case.case_id)
+            report.failed[case.case_id] = f"{type(exc).__name__}: {exc}"
+        else:
+            report.written.append(case.case_id)
+            log.info("%s -> %s (%.1f s)", case.case_id, out.name, time.perf_counter() - start)
+    progress.close()
+    if report.failed:
+        log.error("%d case(s) failed: %s", len(report.failed), ", ".join(report.failed))
+    return report
