@@ -1,0 +1,97 @@
+"""Checkpoints that survive kill -9 and full disks, and never execute code when loaded.
+
+Writing goes to a temporary file beside the target and is renamed over it only when
+complete, so the previous checkpoint stays loadable until the new one is whole. Loading uses
+`torch.load(weights_only=True)`: only tensors and plain Python values are accepted, a file
+carrying pickled objects is refused. Random-number-generator states are converted to plain
+ints, lists and tensors for the same reason (see docs/ARCHITECTURE.md, "Checkpoint format").
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autounet.errors import CheckpointError
+from autounet.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+LATEST = "checkpoint_latest.pt"
+BEST = "checkpoint_best.pt"
+FINAL = "checkpoint_final.pt"
+INFERENCE_KEYS = ("network", "network_name", "configuration", "mirror_axes")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` atomically; on failure the previous file at `path` is left untouched."""
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CheckpointError(
+                f"{path}: no space left on device while writing the checkpoint; the previous checkpoint "
+                f"is unchanged; free disk space and continue with --resume"
+            ) from exc
+        raise CheckpointError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); "
+                              f"the previous checkpoint is unchanged") from exc
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling arbitrary objects; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint ({reason}); it is truncated, corrupt or holds pickled "
+            f"objects, which are refused; use another checkpoint or retrain"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not an autounet checkpoint of format {CHECKPOINT_FORMAT} "
+                              f"(found {found!r}); it was written by another program or version")
+    missing = [k for k in INFERENCE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks key(s) {missing}; it is incomplete")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy and torch global RNG states as weights_only-loadable values."""
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(mt), "gauss": gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state` (CUDA states only where the device count matches)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

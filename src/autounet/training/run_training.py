@@ -1,0 +1,299 @@
+"""Train one fold end to end: resolve inputs, lock the fold, train, validate on whole cases.
+
+`run_training` is what `autounet train` calls (once per fold). It is also what each process
+runs under torchrun: the process group is joined here, rank 0 owns the lock and every file,
+the other ranks only train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autounet.errors import AutounetError
+from autounet.io.atomic import save_npz, write_text
+from autounet.pipeline.workspace import Workspace, resolve_workspace
+from autounet.planners.plans import Plans, load_plans
+from autounet.training.checkpoint import BEST, FINAL, LATEST
+from autounet.training.distributed import (
+    DistributedContext,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from autounet.training.lock import FoldLock
+from autounet.training.run_identity import (
+    RunManifest,
+    check_resume_compatible,
+    load_manifest,
+    now_iso,
+    run_name,
+    save_manifest,
+)
+from autounet.training.settings import TrainingSettings
+from autounet.training.trainer import LoaderBuilder, NetworkBuilder, Trainer, resolve_device
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "training.log"
+NEXT_STAGE_DIR = "predicted_next_stage"
+NEXT_STAGE_KEY = "seg"
+
+
+def resolve_task_for_training(workspace: Workspace, task_or_none: str | None) -> str:
+    """The task to train: the one named (`Task01`, `1`, full name), or the only preprocessed one."""
+    from autounet.pipeline.task_names import find_task_name
+
+    return find_task_name(task_or_none, workspace, require_preprocessed=True)
+
+
+def fold_folder_name(fold: int | str) -> str:
+    return f"fold_{fold}"
+
+
+def cascade_input(data: np.ndarray, previous_seg: np.ndarray, num_classes: int) -> np.ndarray:
+    """Image channels followed by a one-hot of the previous stage's foreground classes."""
+    onehot = [(previous_seg == c).astype(np.float32)[None] for c in range(1, num_classes)]
+    return np.concatenate([np.asarray(data, dtype=np.float32), *onehot], axis=0)
+
+
+def load_previous_stage(folder: Path, case_id: str) -> np.ndarray:
+    path = folder / f"{case_id}.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        return npz[NEXT_STAGE_KEY]
+
+
+def check_previous_stage(folder: Path, case_ids: list[str], configuration: str, previous: str) -> None:
+    """The cascade trains on the lower stage's predictions; say what is missing and how to get it."""
+    missing = [c for c in case_ids if not (folder / f"{c}.npz").is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise AutounetError(
+            f"{folder}: {configuration} needs the {previous} predictions of every training case, missing for "
+            f"{len(missing)} case(s) ({shown}); train all {previous} folds first with the same --epochs and "
+            f"--iters-per-epoch"
+        )
+
+
+def export_next_stage(logits: torch.Tensor, target_shape: list[int], path: Path) -> None:
+    """Low-resolution logits resampled to the next stage's preprocessed grid, saved as argmax indices."""
+    x = torch.as_tensor(logits, dtype=torch.float32)[None]
+    mode = "trilinear" if x.ndim == 5 else "bilinear"
+    resized = nn.functional.interpolate(x, size=[int(s) for s in target_shape], mode=mode, align_corners=False)
+    seg = resized[0].argmax(0).numpy().astype(np.int16)
+    save_npz(path, **{NEXT_STAGE_KEY: seg})
+
+
+def validate_fold(
+    network: nn.Module,
+    plans: Plans,
+    configuration_name: str,
+    data_folder: Path,
+    val_ids: list[str],
+    fold_dir: Path,
+    gt_dir: Path,
+    device: torch.device,
+    save_probabilities: bool = False,
+    previous_stage_dir: Path | None = None,
+    next_stage: tuple[Path, Path] | None = None,
+) -> dict[str, Any] | None:
+    """Predict every validation case on its original grid, write validation/, evaluate it.
+
+    `next_stage` is (output folder, the next configuration's preprocessed folder) for a
+    low-resolution stage whose predictions feed the cascade. Returns the summary (None when
+    the task has no gt_segmentations to evaluate against).
+    """
+    from autounet.inference.export import logits_to_segmentation_on_original_grid, save_prediction
+    from autounet.inference.export import save_probabilities as write_probabilities
+    from autounet.inference.sliding_window import sliding_window_logits
+    from autounet.preprocessing.case_store import CaseStore
+
+    cfg = plans.configuration(configuration_name)
+    mirror_axes = list(cfg.mirror_axes if cfg.mirror_axes is not None else range(cfg.dims))
+    store = CaseStore(data_folder)
+    next_store = CaseStore(next_stage[1]) if next_stage is not None else None
+    val_dir = fold_dir / "validation"
+    val_dir.mkdir(parents=True, exist_ok=True)
+    network.eval()
+    for i, case_id in enumerate(val_ids):
+        data, _, props = store.load(case_id, mmap=False)
+        if previous_stage_dir is not None:
+            data = cascade_input(data, load_previous_stage(previous_stage_dir, case_id), plans.num_classes)
+        logits = sliding_window_logits(network, data, cfg.patch_size, plans.num_classes, step_size=0.5,
+                                       mirror_axes=mirror_axes, device=device)
+        seg, probs = logits_to_segmentation_on_original_grid(logits, props, plans, configuration_name,
+                                                             return_probabilities=save_probabilities)
+        save_prediction(seg, props.geometry, val_dir / f"{case_id}.nii.gz")
+        if probs is not None:
+            write_probabilities(probs, plans.label_values, val_dir / f"{case_id}.npz")
+        if next_stage is not None and next_store is not None:
+            export_next_stage(logits, next_store.properties(case_id).shape_after_resample,
+                              next_stage[0] / f"{case_id}.npz")
+        log.info("validation case %d/%d: %s", i + 1, len(val_ids), case_id)
+    if not gt_dir.is_dir():
+        log.warning("%s not found: validation predictions were written but not evaluated", gt_dir)
+        return None
+    from autounet.evaluation.evaluate import evaluate_folder
+
+    return evaluate_folder(gt_dir, val_dir, plans.label_values[1:], metrics=("dice",), allow_missing=True)
+
+
+@contextlib.contextmanager
+def _training_log(fold_dir: Path, enabled: bool) -> Iterator[None]:
+    """Mirror autounet's INFO log lines into fold_N/training.log (appending across resumes)."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("autounet")
+    handler = logging.FileHandler(fold_dir / LOG_NAME, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    previous_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(previous_level)
+
+
+def _copy_run_files(preprocessed: Path, run_dir: Path) -> None:
+    """plans.json and dataset.json beside the folds, so a run folder is self-contained."""
+    for name in ("plans.json", "dataset.json"):
+        src = preprocessed / name
+        if src.is_file():
+            write_text(run_dir / name, src.read_text(encoding="utf-8"))
+
+
+def _prepare_manifest(fold_dir: Path, settings: TrainingSettings, task: str, configuration: str, fold: str,
+                      device: torch.device, ctx: DistributedContext) -> RunManifest:
+    has_checkpoint = any((fold_dir / n).is_file() for n in (LATEST, FINAL, BEST))
+    if has_checkpoint and not settings.resume:
+        raise AutounetError(f"{fold_dir}: this fold already has checkpoints; continue it with --resume, "
+                            f"or delete the folder to start over")
+    manifest_path = fold_dir / "run.json"
+    if settings.resume and manifest_path.is_file():
+        manifest = load_manifest(fold_dir)
+        check_resume_compatible(manifest, settings, str(manifest_path))
+        manifest.status = "running"
+        manifest.end_time = None
+        manifest.resumed.append(now_iso())
+        manifest.settings = settings.as_dict()
+        manifest.device = str(device)
+        manifest.world_size = ctx.world_size
+        return manifest
+    return RunManifest.create(task, configuration, fold, settings, str(device), ctx.world_size)
+
+
+def run_training(
+    workspace: Workspace | str | Path | None,
+    task: str | None,
+    configuration: str,
+    fold: int | str,
+    settings: TrainingSettings,
+    network_builder: NetworkBuilder | None = None,
+    loader_builder: LoaderBuilder | None = None,
+) -> Path:
+    """Train (or with settings.resume continue) one fold and validate it; returns the fold folder.
+
+    `network_builder`/`loader_builder` replace the registry and the standard data loader
+    (research code, tests); by default they are `networks.registry.build_network` and
+    `training.data_loader.build_dataloaders`.
+    """
+    from autounet.preprocessing.case_store import CaseStore
+    from autounet.training.splits import get_fold, load_or_create_splits
+
+    settings.validate()
+    ws = workspace if isinstance(workspace, Workspace) else resolve_workspace(workspace)
+    task = resolve_task_for_training(ws, task)
+    preprocessed = ws.preprocessed(task)
+    plans = load_plans(preprocessed / "plans.json")
+    cfg = plans.configuration(configuration)
+    data_folder = preprocessed / cfg.data_identifier
+    case_ids = CaseStore(data_folder).case_ids() if data_folder.is_dir() else []
+    if not case_ids:
+        raise AutounetError(f"{data_folder}: no preprocessed cases for {configuration}; run "
+                            f"`autounet plan_and_preprocess {task} -c {configuration}` first")
+
+    device = resolve_device(settings.device)
+    started_group = not torch.distributed.is_initialized()
+    ctx = init_distributed(device.type)
+    started_group = started_group and ctx.enabled
+    try:
+        splits_path = preprocessed / "splits.json"
+        if str(fold) == "all":
+            train_ids, val_ids = get_fold([], "all", case_ids)
+        else:
+            if ctx.is_main:
+                load_or_create_splits(splits_path, case_ids)
+            barrier(ctx)
+            train_ids, val_ids = get_fold(load_or_create_splits(splits_path, case_ids), fold, case_ids,
+                                          source=str(splits_path))
+        in_channels = plans.num_channels
+        previous_dir = None
+        if cfg.previous_stage:
+            previous_dir = ws.results(task) / run_name(cfg.previous_stage, settings) / NEXT_STAGE_DIR
+            check_previous_stage(previous_dir, sorted(set(train_ids) | set(val_ids)), configuration, cfg.previous_stage)
+            in_channels += plans.num_classes - 1
+        run_dir = ws.results(task) / run_name(configuration, settings)
+        fold_dir = run_dir / fold_folder_name(fold)
+        if ctx.is_main:
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            _copy_run_files(preprocessed, run_dir)
+        lock = FoldLock(fold_dir) if ctx.is_main else contextlib.nullcontext()
+        with lock, _training_log(fold_dir, ctx.is_main):
+            manifest = None
+            if ctx.is_main:
+                manifest = _prepare_manifest(fold_dir, settings, task, configuration, str(fold),
+                                             resolve_device(settings.device, ctx), ctx)
+                save_manifest(manifest, fold_dir)
+            barrier(ctx)
+            try:
+                trainer = Trainer(plans, configuration, data_folder, fold_dir, train_ids, val_ids, settings, ctx=ctx,
+                                  in_channels=in_channels, network_builder=network_builder,
+                                  loader_builder=loader_builder)
+                resumed = settings.resume and trainer.resume()
+                if settings.resume and not resumed:
+                    log.warning("%s: no checkpoint to resume from; starting from epoch 1", fold_dir)
+                if not resumed and settings.init_from:
+                    trainer.init_from(Path(settings.init_from))
+                state = trainer.fit()
+                barrier(ctx)
+                if ctx.is_main and settings.validate_at_end and val_ids:
+                    next_stage = None
+                    if cfg.next_stage and configuration == "3d_lowres":
+                        out = run_dir / NEXT_STAGE_DIR
+                        out.mkdir(parents=True, exist_ok=True)
+                        next_stage = (out, preprocessed / plans.configuration(cfg.next_stage).data_identifier)
+                    summary = validate_fold(trainer.network, plans, configuration, data_folder, val_ids, fold_dir,
+                                            preprocessed / "gt_segmentations", trainer.device,
+                                            settings.save_probabilities, previous_dir, next_stage)
+                    ema = state.ema_dice if state.ema_dice is not None else float("nan")
+                    if summary is not None:
+                        log.info("fold %s: mean foreground Dice on %d validation cases %.4f (final pseudo Dice "
+                                 "EMA %.4f, patch-based proxy)", fold, len(val_ids),
+                                 summary["foreground_mean"].get("Dice", float("nan")), ema)
+            except BaseException:
+                if manifest is not None:
+                    manifest.status = "failed"
+                    manifest.end_time = now_iso()
+                    save_manifest(manifest, fold_dir)
+                raise
+            if manifest is not None:
+                manifest.status = "finished"
+                manifest.end_time = now_iso()
+                save_manifest(manifest, fold_dir)
+        return fold_dir
+    finally:
+        if started_group:
+            shutdown_distributed()

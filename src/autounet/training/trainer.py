@@ -1,0 +1,463 @@
+"""The training loop: network from the plan, SGD with poly decay, deep supervision, checkpoints.
+
+One `Trainer` trains one fold. Every epoch runs `iters_per_epoch` optimisation steps and
+`val_iters` validation steps on random validation patches; the validation patches give a
+*pseudo Dice* (TP/FP/FN summed over all patches per class), a cheap proxy for the real
+validation done on whole cases at the end of the fold. After each epoch the state is written to
+checkpoint_latest.pt (atomically), so a kill loses at most the epoch in progress and
+`--resume` continues with the same weights, optimizer moments, schedule position, gradient
+scaler, random states and history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from autounet.errors import AutounetError, CheckpointError
+from autounet.io.atomic import TMP_PREFIX
+from autounet.io.json_schema import to_dict
+from autounet.planners.plans import ConfigurationPlan, Plans
+from autounet.training import metrics_log
+from autounet.training.checkpoint import (
+    BEST,
+    CHECKPOINT_FORMAT,
+    FINAL,
+    LATEST,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from autounet.training.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    all_reduce_sum,
+    per_rank_batch_size,
+    rank_seed,
+    unwrap_model,
+    wrap_model,
+)
+from autounet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
+from autounet.training.progress_plot import PLOT_NAME, plot_progress
+from autounet.training.settings import TrainingSettings
+
+log = logging.getLogger(__name__)
+
+NetworkBuilder = Callable[..., nn.Module]
+# Called like training.data_loader.build_dataloaders (positional arguments, then augment,
+# oversample_foreground and pin_memory as keywords); returns (train_batches, val_batches).
+LoaderBuilder = Callable[..., tuple[Iterable[dict[str, Any]], Iterable[dict[str, Any]]]]
+
+
+def resolve_device(name: str, ctx: DistributedContext | None = None) -> torch.device:
+    """`auto` is CUDA when present, else CPU; an explicit device that is absent is an error."""
+    local_rank = ctx.local_rank if ctx is not None else 0
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise AutounetError("--device cuda: no CUDA device is available; use --device cpu (slow) or check drivers")
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise AutounetError("--device mps: Apple MPS is not available on this machine; use --device cpu")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise AutounetError(f"--device: unknown device '{name}'; use cuda, cpu or mps")
+
+
+def poly_lr(initial_lr: float, epoch: int, max_epochs: int, exponent: float = 0.9) -> float:
+    """Polynomial decay, evaluated once per epoch: lr0 * (1 - epoch / max_epochs) ** exponent."""
+    return initial_lr * (1.0 - epoch / max_epochs) ** exponent
+
+
+def class_names(plans: Plans) -> list[str]:
+    """Foreground class names in index order (index 1 first)."""
+    return [name for name, _ in sorted(plans.labels.items(), key=lambda kv: kv[1])][1:]
+
+
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(3, K-1) TP/FP/FN per foreground class of the argmax prediction; -1 voxels are ignored."""
+    pred = logits.argmax(1)
+    tgt = target[:, 0].long()
+    valid = tgt >= 0
+    counts = torch.zeros((3, num_classes - 1), dtype=torch.float64, device=logits.device)
+    for c in range(1, num_classes):
+        p = (pred == c) & valid
+        g = tgt == c
+        counts[0, c - 1] = (p & g).sum()
+        counts[1, c - 1] = (p & ~g).sum()
+        counts[2, c - 1] = (~p & g).sum()
+    return counts
+
+
+def dice_from_counts(counts: torch.Tensor) -> list[float]:
+    """2TP / (2TP + FP + FN) per class; NaN where a class was neither predicted nor present."""
+    tp, fp, fn = counts.double().cpu()
+    denom = 2 * tp + fp + fn
+    return [float(2 * t / d) if d > 0 else float("nan") for t, d in zip(tp, denom)]
+
+
+def nan_mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def load_matching_weights(model: nn.Module, source: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy every parameter/buffer whose name and shape match; return (loaded, skipped) names."""
+    own = model.state_dict()
+    loaded, skipped = [], []
+    update = {}
+    for name, value in own.items():
+        other = source.get(name)
+        if other is not None and tuple(other.shape) == tuple(value.shape):
+            update[name] = other
+            loaded.append(name)
+        else:
+            skipped.append(name)
+    own.update(update)
+    model.load_state_dict(own)
+    return loaded, skipped
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
+
+
+def _default_network_builder() -> NetworkBuilder:
+    from autounet.networks.registry import build_network
+
+    return build_network
+
+
+def _default_loader_builder() -> LoaderBuilder:
+    from autounet.training.data_loader import build_dataloaders
+
+    return build_dataloaders
+
+
+def _default_workers() -> int:
+    from autounet.training.data_loader import default_num_workers
+
+    return int(default_num_workers())
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides the tensors: position, EMA and history."""
+
+    next_epoch: int = 0
+    ema_dice: float | None = None
+    best_ema_dice: float | None = None
+    history: dict[str, list[Any]] = field(default_factory=metrics_log.empty_history)
+
+
+class Trainer:
+    """Trains one fold; rank 0 writes every file, other ranks only compute."""
+
+    def __init__(
+        self,
+        plans: Plans,
+        configuration_name: str,
+        data_folder: Path,
+        fold_dir: Path,
+        train_ids: list[str],
+        val_ids: list[str],
+        settings: TrainingSettings,
+        ctx: DistributedContext | None = None,
+        in_channels: int | None = None,
+        network_builder: NetworkBuilder | None = None,
+        loader_builder: LoaderBuilder | None = None,
+    ) -> None:
+        settings.validate()
+        self.plans = plans
+        self.configuration_name = configuration_name
+        self.cfg: ConfigurationPlan = plans.configuration(configuration_name)
+        self.data_folder = Path(data_folder)
+        self.fold_dir = Path(fold_dir)
+        self.train_ids = list(train_ids)
+        self.val_ids = list(val_ids)
+        self.settings = settings
+        self.ctx = ctx or DistributedContext()
+        self.device = resolve_device(settings.device, self.ctx)
+        self.num_classes = plans.num_classes
+        self.class_names = class_names(plans)
+        self.in_channels = in_channels if in_channels is not None else plans.num_channels
+        self.network_name = settings.network or self.cfg.network.architecture
+        self.mirror_axes = list(self.cfg.mirror_axes if self.cfg.mirror_axes is not None else range(self.cfg.dims))
+        self.ds_scales = deep_supervision_scales(self.cfg.network.strides)
+        self._network_builder = network_builder or _default_network_builder()
+        self._loader_builder = loader_builder
+        self.amp = self.device.type == "cuda"
+        self.state = TrainingState()
+
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not settings.deterministic
+            torch.backends.cudnn.deterministic = settings.deterministic
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            self.network = self._network_builder(
+                self.network_name, copy.deepcopy(self.cfg.network), self.in_channels, self.num_classes,
+                deep_supervision=True,
+            ).to(self.device)
+        self.model = wrap_model(self.network, self.ctx, self.device)
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                         nesterov=True, weight_decay=settings.weight_decay)
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        base = DiceCELoss(batch_dice=self.cfg.batch_dice)
+        self.base_loss = base
+        self.loss = DeepSupervisionLoss(base, deep_supervision_weights(len(self.ds_scales),
+                                                                        distributed=self.ctx.enabled))
+
+    # ------------------------------------------------------------------ state
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The checkpoint dict (docs/ARCHITECTURE.md, "Checkpoint format")."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "network": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "epoch": self.state.next_epoch,
+            "best_ema_dice": self.state.best_ema_dice,
+            "ema_dice": self.state.ema_dice,
+            "history": self.state.history,
+            "rng": capture_rng_state(),
+            "network_name": self.network_name,
+            "network_kwargs": {"network_plan": to_dict(self.cfg.network), "in_channels": self.in_channels,
+                               "num_classes": self.num_classes},
+            "configuration": self.configuration_name,
+            "mirror_axes": self.mirror_axes,
+            "num_epochs": self.settings.epochs,
+            "iters_per_epoch": self.settings.iters_per_epoch,
+            "settings": self.settings.as_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
+        """Restore everything needed to continue exactly where `state` was taken."""
+        try:
+            self.network.load_state_dict(state["network"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.grad_scaler is not None and state.get("grad_scaler"):
+                self.grad_scaler.load_state_dict(state["grad_scaler"])
+            history = {k: list(state["history"][k]) for k in metrics_log.HISTORY_KEYS}
+            self.state = TrainingState(next_epoch=int(state["epoch"]), ema_dice=state.get("ema_dice"),
+                                       best_ema_dice=state.get("best_ema_dice"), history=history)
+            restore_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: does not match this run's network or format ({exc}); "
+                                  f"resume with the settings of the interrupted run") from None
+        lengths = {k: len(v) for k, v in self.state.history.items()}
+        if set(lengths.values()) != {self.state.next_epoch} and self.state.next_epoch:
+            raise CheckpointError(f"{path}: history lengths {lengths} disagree with epoch {self.state.next_epoch}")
+
+    def init_from(self, path: Path) -> None:
+        """Start from pretrained weights: layers with equal name and shape; report the rest."""
+        state = load_checkpoint(path)
+        loaded, skipped = load_matching_weights(self.network, state["network"])
+        if not loaded:
+            raise CheckpointError(f"{path}: no layer matches this network (names or shapes differ); "
+                                  f"was it trained with another architecture?")
+        log.info("initialised %d tensors from %s", len(loaded), path)
+        if skipped:
+            log.info("not initialised (name or shape differs): %s", ", ".join(skipped))
+
+    def resume(self) -> bool:
+        """Load checkpoint_latest (else final); False if the fold has none yet."""
+        for name in (LATEST, FINAL):
+            path = self.fold_dir / name
+            if path.is_file():
+                self.load_state(load_checkpoint(path, map_location=self.device), path)
+                log.info("resuming from %s at epoch %d of %d", path, self.state.next_epoch + 1, self.settings.epochs)
+                if self.ctx.is_main:
+                    metrics_log.rewrite(self.fold_dir / metrics_log.METRICS_NAME, self.state.history,
+                                        self.class_names)
+                return True
+        return False
+
+    def _save(self, name: str) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.fold_dir / name, self.checkpoint_state())
+
+    # ------------------------------------------------------------------ loop
+    def _build_loaders(self) -> tuple[Iterable[dict[str, Any]], Iterable[dict[str, Any]]]:
+        plans = self.plans
+        if self.ctx.enabled:
+            plans = copy.deepcopy(plans)
+            plans.configurations[self.configuration_name].batch_size = per_rank_batch_size(
+                self.cfg.batch_size, self.ctx.world_size)
+        workers = self.settings.workers if self.settings.workers is not None else _default_workers()
+        builder = self._loader_builder or _default_loader_builder()
+        return builder(self.data_folder, self.train_ids, self.val_ids, plans, self.configuration_name,
+                       self.ds_scales, workers, rank_seed(self.settings.seed, self.state.next_epoch, self.ctx.rank),
+                       augment=self.settings.augment, oversample_foreground=self.settings.oversample,
+                       pin_memory=self.device.type == "cuda")
+
+    def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        non_blocking = self.device.type == "cuda"
+        data = torch.as_tensor(batch["data"]).to(self.device, non_blocking=non_blocking)
+        targets = [torch.as_tensor(t).to(self.device, non_blocking=non_blocking) for t in batch["target"]]
+        return data, targets
+
+    def _forward_loss(self, data: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, enabled=self.amp):
+            output = self.model(data)
+            if isinstance(output, (list, tuple)):
+                loss = self.loss(list(output), targets)
+                full = output[0]
+            else:
+                loss = self.base_loss(output, targets[0])
+                full = output
+        return loss, full
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        data, targets = self._to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, _ = self._forward_loss(data, targets)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+            self.optimizer.step()
+        return float(loss.detach().item())
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
+        data, targets = self._to_device(batch)
+        loss, full = self._forward_loss(data, targets)
+        return float(loss.item()), confusion_counts(full.float(), targets[0], self.num_classes)
+
+    def _next_batch(self, iterator: Iterator[dict[str, Any]], source: Iterable[dict[str, Any]]
+                    ) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+        try:
+            return next(iterator), iterator
+        except StopIteration:
+            iterator = iter(source)
+            return next(iterator), iterator
+
+    def run_epoch(self, epoch: int, train_batches: Iterable[dict[str, Any]], val_batches: Iterable[dict[str, Any]],
+                  iterators: dict[str, Iterator[dict[str, Any]]]) -> dict[str, Any]:
+        """One epoch of training and patch validation; returns the epoch's metrics."""
+        start = time.perf_counter()
+        lr = poly_lr(self.settings.lr, epoch, self.settings.epochs, self.settings.lr_exponent)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        losses = []
+        bar = tqdm(range(self.settings.iters_per_epoch), desc=f"epoch {epoch + 1}/{self.settings.epochs}",
+                   leave=False, disable=None if self.ctx.is_main else True)
+        for _ in bar:
+            batch, iterators["train"] = self._next_batch(iterators["train"], train_batches)
+            losses.append(self.train_step(batch))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.close()
+        train_loss = all_reduce_mean(float(np.mean(losses)), self.ctx, self.device)
+
+        self.model.eval()
+        val_losses = []
+        counts = torch.zeros((3, self.num_classes - 1), dtype=torch.float64, device=self.device)
+        for _ in range(self.settings.val_iters):
+            batch, iterators["val"] = self._next_batch(iterators["val"], val_batches)
+            loss, c = self.validation_step(batch)
+            val_losses.append(loss)
+            counts += c
+        val_loss = all_reduce_mean(float(np.mean(val_losses)) if val_losses else float("nan"), self.ctx, self.device)
+        counts = all_reduce_sum(counts, self.ctx)
+        dice = dice_from_counts(counts)
+        mean_dice = nan_mean(dice)
+        if math.isfinite(mean_dice):
+            m = self.settings.ema_momentum
+            ema = mean_dice if self.state.ema_dice is None else m * self.state.ema_dice + (1 - m) * mean_dice
+            self.state.ema_dice = ema
+        return {"train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": dice,
+                "ema_pseudo_dice": self.state.ema_dice if self.state.ema_dice is not None else float("nan"),
+                "lr": lr, "epoch_time": time.perf_counter() - start}
+
+    def _log_epoch(self, epoch: int, row: dict[str, Any], session_times: list[float]) -> None:
+        remaining = self.settings.epochs - epoch - 1
+        eta = float(np.mean(session_times)) * remaining
+        dice = ", ".join(f"{n} {v:.4f}" for n, v in zip(self.class_names, row["pseudo_dice"]))
+        log.info("epoch %d/%d | train loss %.4f | val loss %.4f | pseudo Dice (patch-based proxy) [%s] | EMA %.4f | "
+                 "lr %.6f | %.1f s | ETA %s", epoch + 1, self.settings.epochs, row["train_loss"], row["val_loss"],
+                 dice, row["ema_pseudo_dice"], row["lr"], row["epoch_time"], _format_duration(eta))
+
+    def _record(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Append the epoch to history; True if its EMA is a new best."""
+        for key in metrics_log.HISTORY_KEYS:
+            self.state.history[key].append(row[key])
+        self.state.next_epoch = epoch + 1
+        ema = self.state.ema_dice
+        if ema is not None and (self.state.best_ema_dice is None or ema > self.state.best_ema_dice):
+            self.state.best_ema_dice = ema
+            return True
+        return False
+
+    def log_header(self) -> None:
+        n_params = sum(p.numel() for p in self.network.parameters())
+        log.info("training %s, fold folder %s: %d training and %d validation cases, %d epochs x %d iterations, "
+                 "device %s%s", self.configuration_name, self.fold_dir, len(self.train_ids), len(self.val_ids),
+                 self.settings.epochs, self.settings.iters_per_epoch, self.device,
+                 f", {self.ctx.world_size} processes" if self.ctx.enabled else "")
+        log.info("network %s: %s parameters; planner's memory estimate %.2f GB (patch %s, batch %d)",
+                 self.network_name, f"{n_params:,}", self.cfg.estimated_memory_bytes / 1e9, self.cfg.patch_size,
+                 self.cfg.batch_size)
+
+    def fit(self) -> TrainingState:
+        """Run the remaining epochs (all of them unless resumed) and write the final checkpoint."""
+        if self.ctx.is_main:
+            self.fold_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.fold_dir.glob(TMP_PREFIX + "*"):
+                stale.unlink(missing_ok=True)
+        self.log_header()
+        if self.state.next_epoch >= self.settings.epochs:
+            log.info("all %d epochs are already trained", self.settings.epochs)
+            if not (self.fold_dir / FINAL).is_file():
+                self._save(FINAL)
+            return self.state
+        if self.state.next_epoch == 0 and self.ctx.is_main:  # a fresh start drops rows of an earlier attempt
+            metrics_log.rewrite(self.fold_dir / metrics_log.METRICS_NAME, self.state.history, self.class_names)
+        train_batches, val_batches = self._build_loaders()
+        try:
+            iterators = {"train": iter(train_batches), "val": iter(val_batches)}
+            session_times: list[float] = []
+            for epoch in range(self.state.next_epoch, self.settings.epochs):
+                row = self.run_epoch(epoch, train_batches, val_batches, iterators)
+                session_times.append(row["epoch_time"])
+                is_best = self._record(epoch, row)
+                if self.ctx.is_main:
+                    self._log_epoch(epoch, row, session_times)
+                    metrics_log.append_row(self.fold_dir / metrics_log.METRICS_NAME,
+                                           metrics_log.history_row(self.state.history, epoch, self.class_names))
+                    plot_progress(self.fold_dir / PLOT_NAME, self.state.history)
+                    self._save(LATEST)
+                    if is_best:
+                        log.info("new best EMA pseudo Dice %.4f", self.state.best_ema_dice)
+                        self._save(BEST)
+        finally:
+            for loader in (train_batches, val_batches):
+                close = getattr(loader, "close", None)
+                if callable(close):
+                    close()
+        self._save(FINAL)
+        return self.state
