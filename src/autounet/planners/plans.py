@@ -26,7 +26,14 @@ NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
 
 @dataclass
 class NetworkPlan:
-    """Topology of a U-Net-like network; one entry per resolution stage."""
+    """Topology of a U-Net-like network; one entry per resolution stage.
+
+    Encoder lists (features_per_stage, kernel_sizes, strides, n_conv_encoder) run from full
+    resolution down to the bottleneck; `strides[0]` is all ones. `n_conv_decoder` has one
+    entry per decoder stage, listed from the bottleneck upwards (entry 0 is the stage right
+    after the bottleneck). `blocks` names optional extra blocks ("se", "attention_gate") for
+    ablations; empty means the plain architecture.
+    """
 
     architecture: str
     features_per_stage: list[int]
@@ -144,8 +151,8 @@ class Plans:
     labels: dict[str, int]
     transpose_forward: list[int]
     transpose_backward: list[int]
-    original_median_spacing: list[float]
-    original_median_shape: list[int]
+    original_median_spacing: list[float]  # untransposed (z, y, x)
+    original_median_shape: list[int]  # untransposed (z, y, x)
     foreground_intensity_properties: dict[str, IntensityProperties]
     gpu_memory_target_gb: float
     configurations: dict[str, ConfigurationPlan]
