@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from autounet.errors import AutounetError, CheckpointError
+from autounet.errors import AutounetError, CheckpointError, ImageReadError
+from autounet.inference.cascade import cascade_input, next_stage_segmentation
 from autounet.inference.export import logits_to_segmentation_on_original_grid
 from autounet.inference.memory import estimate_prediction_memory_bytes
 from autounet.inference.sliding_window import mirror_subsets, sliding_window_logits
 from autounet.io.geometry import Geometry
-from autounet.planners.plans import Plans, load_plans
+from autounet.planners.plans import Plans, ResamplingPlan, load_plans
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,16 @@ def configuration_of_run(run_dir: Path) -> str:
     return Path(run_dir).name.split("__", 1)[0]
 
 
-def previous_stage_segmentation(logits: torch.Tensor, target_shape: Sequence[int]) -> np.ndarray:
-    """Low-resolution logits resized to the next stage's preprocessed grid, as class indices.
+def previous_stage_segmentation(logits: torch.Tensor | np.ndarray, target_shape: Sequence[int],
+                                spacing: Sequence[float] | None = None,
+                                target_spacing: Sequence[float] | None = None,
+                                resampling: ResamplingPlan | None = None) -> np.ndarray:
+    """Low-resolution logits on the next stage's preprocessed grid, as int16 class indices.
 
-    Same mapping as the training-time export for the cascade (training.run_training.
-    export_next_stage): linear resize of the logits, then argmax.
+    The very mapping the training-time export for the cascade uses
+    (`inference.cascade.next_stage_segmentation`), so the cascade sees the same input.
     """
-    x = torch.as_tensor(logits, dtype=torch.float32)[None]
-    mode = "trilinear" if x.ndim == 5 else "bilinear"
-    resized = nn.functional.interpolate(x, size=[int(s) for s in target_shape], mode=mode, align_corners=False)
-    return resized[0].argmax(0).numpy().astype(np.int16)
+    return next_stage_segmentation(logits, target_shape, spacing, target_spacing, resampling)
 
 
 class Predictor:
@@ -198,12 +199,12 @@ class Predictor:
 
         data, _, props, _ = preprocess_case(image, None, geometry, self.plans, self.configuration, case_id=case_id)
         if self.previous_stage is not None:
-            from autounet.training.run_training import cascade_input
-
             prev = self.previous_stage
-            prev_data, _, _, _ = preprocess_case(image, None, geometry, prev.plans, prev.configuration,
-                                                 case_id=case_id)
-            prev_seg = previous_stage_segmentation(prev.predict_preprocessed(prev_data), data.shape[1:])
+            prev_data, prev_props = prev._network_input(image, geometry, case_id)
+            log.info("%s: first stage %s (folds %s)", case_id or "case", prev.configuration, prev.folds)
+            prev_seg = previous_stage_segmentation(prev.predict_preprocessed(prev_data), data.shape[1:],
+                                                   prev_props.target_spacing, props.target_spacing,
+                                                   prev.cfg.resampling)
             data = cascade_input(data, prev_seg, self.plans.num_classes)
         return data, props
 
@@ -219,10 +220,19 @@ class Predictor:
 
     def predict_case_files(self, paths: Sequence[str | os.PathLike[str]], return_probabilities: bool = False,
                            case_id: str = "") -> tuple[np.ndarray, np.ndarray | None, Geometry]:
-        """Read one 4D file or one file per channel and predict it: (seg, probabilities or None, geometry)."""
-        from autounet.io.images import read_channels, read_image
+        """Read one 4D file or one file per channel and predict it: (seg, probabilities or None, geometry).
+
+        NaN/inf voxels are refused (naming the file): SimpleITK reads them from NIfTI as 0, so the
+        case would otherwise be predicted silently from data that is not what the user exported.
+        """
+        from autounet.io.images import count_nonfinite, read_channels, read_image
 
         image, geometry = read_image(paths[0]) if len(paths) == 1 else read_channels(list(paths))
+        per_file = [image] if len(paths) == 1 else [image[i:i + 1] for i in range(len(paths))]
+        for path, data in zip(paths, per_file):
+            bad = count_nonfinite(path, data)
+            if bad:
+                raise ImageReadError(path, f"contains {bad} NaN/inf voxel(s); replace them (e.g. with 0) and re-export")
         seg, probs = self.predict_case(image, geometry, return_probabilities, case_id=case_id)
         return seg, probs, geometry
 

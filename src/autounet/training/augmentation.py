@@ -30,6 +30,8 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 from scipy import ndimage
 
+from autounet.inference.cascade import foreground_one_hot
+
 Rotation = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
 
 # Reference probabilities and ranges (nnunet-method.md section 6).
@@ -54,6 +56,15 @@ LOW_RES_ZOOM = (0.5, 1.0)
 P_GAMMA_INVERTED = 0.1
 P_GAMMA = 0.3
 GAMMA_RANGE = (0.7, 1.5)
+# Cascade only (step 14): corrupt the previous stage's one-hot so the network learns to correct it.
+P_MORPHOLOGY = 0.4
+P_MORPHOLOGY_PER_LABEL = 0.5
+MORPHOLOGY_RADIUS = (1, 8)
+MORPHOLOGY_OPERATIONS = ("dilate", "erode", "open", "close")
+P_REMOVE_COMPONENT = 0.2
+P_REMOVE_COMPONENT_PER_LABEL = 0.5
+REMOVE_COMPONENT_MAX_FRACTION = 0.15
+PREVIOUS_STAGE_SEG_CHANNEL = 1
 
 
 class LocalRandomState:
@@ -367,6 +378,143 @@ class DeepSupervisionTargetsTransform(AbstractTransform):
         return batch
 
 
+class MoveSegChannelToOneHotData(AbstractTransform):
+    """Cascade: take the previous stage's segmentation out of "seg" and append its one-hot to "data".
+
+    The previous stage's prediction travels as an extra seg channel up to here, so the spatial
+    transform resamples it as a label map (per-label linear, then argmax: it stays a clean
+    segmentation, as at inference), mirroring flips it with the target, and the intensity
+    transforms never touch it. Appended after the image channels: classes 1..K-1.
+    """
+
+    def __init__(self, num_classes: int, channel: int = PREVIOUS_STAGE_SEG_CHANNEL) -> None:
+        if num_classes < 2:
+            raise ValueError(f"the cascade needs at least 2 classes, got {num_classes}")
+        self.num_classes = num_classes
+        self.channel = channel
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        seg = batch["seg"]
+        previous = seg[:, self.channel]
+        onehot = np.stack([foreground_one_hot(p, self.num_classes) for p in previous])
+        batch["data"] = np.concatenate([batch["data"], onehot], axis=1)
+        batch["seg"] = np.delete(seg, self.channel, axis=1)
+        return batch
+
+
+def binary_morphology(mask: np.ndarray, operation: str, radius: float) -> np.ndarray:
+    """Dilate, erode, open or close a boolean mask with a Euclidean ball of `radius` voxels.
+
+    Through distance transforms instead of a structuring element, so the cost does not grow
+    with the radius; only the mask's bounding box (plus the radius) is processed. Voxels beyond
+    the array count as background, as in scipy's binary_erosion.
+    """
+    if operation not in MORPHOLOGY_OPERATIONS:
+        raise ValueError(f"operation must be one of {MORPHOLOGY_OPERATIONS}, got {operation!r}")
+    mask = np.asarray(mask, dtype=bool)
+    bbox = _bounding_box(mask)
+    if bbox is None:
+        return mask.copy()
+    margin = int(np.ceil(radius)) + 1
+    box = tuple(slice(max(0, int(lo) - margin), min(n, int(hi) + margin + 1))
+                for lo, hi, n in zip(bbox[0], bbox[1], mask.shape))
+    region = mask[box]
+
+    def dilate(m: np.ndarray) -> np.ndarray:
+        if m.all() or not m.any():  # the transform of an array without zeros is undefined
+            return m.copy()
+        return ndimage.distance_transform_edt(~m) <= radius
+
+    def erode(m: np.ndarray) -> np.ndarray:
+        padded = np.pad(m, 1, constant_values=False)
+        return (ndimage.distance_transform_edt(padded) > radius)[(slice(1, -1),) * m.ndim]
+
+    steps = {"dilate": (dilate,), "erode": (erode,), "open": (erode, dilate), "close": (dilate, erode)}[operation]
+    for step in steps:
+        region = step(region)
+    out = np.zeros_like(mask)
+    out[box] = region
+    return out
+
+
+def remove_random_component(mask: np.ndarray, max_fraction: float) -> np.ndarray:
+    """The mask without one of its connected components (face connectivity), chosen uniformly
+    (global numpy.random, see LocalRandomState) among those covering at most `max_fraction` of
+    the array; unchanged if there is none."""
+    labelled, n = ndimage.label(mask)
+    if n == 0:
+        return np.asarray(mask, dtype=bool).copy()
+    sizes = np.bincount(labelled.ravel())[1:]
+    candidates = np.flatnonzero(sizes <= max_fraction * mask.size) + 1
+    out = np.asarray(mask, dtype=bool).copy()
+    if candidates.size:
+        out[labelled == candidates[np.random.randint(candidates.size)]] = False
+    return out
+
+
+class RandomBinaryMorphologyTransform(AbstractTransform):
+    """Cascade: per sample with p, per label with p_per_label, dilate/erode/open/close the label's
+    one-hot channel (one of the last `num_channels`) with a random ball radius; voxels the label
+    gains are removed from the other labels so the channels stay a one-hot encoding."""
+
+    def __init__(self, num_channels: int, p_per_sample: float = P_MORPHOLOGY,
+                 p_per_label: float = P_MORPHOLOGY_PER_LABEL, radius: tuple[int, int] = MORPHOLOGY_RADIUS) -> None:
+        self.num_channels = num_channels
+        self.p_per_sample = p_per_sample
+        self.p_per_label = p_per_label
+        self.radius = radius
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        data = batch["data"]
+        first = data.shape[1] - self.num_channels
+        for b in range(data.shape[0]):
+            if np.random.uniform() >= self.p_per_sample:
+                continue
+            for c in np.random.permutation(self.num_channels) + first:
+                if np.random.uniform() >= self.p_per_label:
+                    continue
+                operation = MORPHOLOGY_OPERATIONS[np.random.randint(len(MORPHOLOGY_OPERATIONS))]
+                radius = np.random.randint(self.radius[0], self.radius[1] + 1)
+                result = binary_morphology(data[b, c] > 0.5, operation, radius)
+                data[b, c] = result
+                others = [o for o in range(first, data.shape[1]) if o != c]
+                if others:
+                    data[b, others] *= ~result
+        return batch
+
+
+class RemoveRandomComponentTransform(AbstractTransform):
+    """Cascade: per sample with p, per label with p_per_label, delete one connected component of the
+    label's one-hot channel (one of the last `num_channels`) unless every component is too large."""
+
+    def __init__(self, num_channels: int, p_per_sample: float = P_REMOVE_COMPONENT,
+                 p_per_label: float = P_REMOVE_COMPONENT_PER_LABEL,
+                 max_fraction: float = REMOVE_COMPONENT_MAX_FRACTION) -> None:
+        self.num_channels = num_channels
+        self.p_per_sample = p_per_sample
+        self.p_per_label = p_per_label
+        self.max_fraction = max_fraction
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        data = batch["data"]
+        first = data.shape[1] - self.num_channels
+        for b in range(data.shape[0]):
+            if np.random.uniform() >= self.p_per_sample:
+                continue
+            for c in range(first, data.shape[1]):
+                if np.random.uniform() < self.p_per_label:
+                    data[b, c] = remove_random_component(data[b, c] > 0.5, self.max_fraction)
+        return batch
+
+
+def cascade_transforms(num_classes: int, augment: bool) -> list[AbstractTransform]:
+    """Step 14 of the reference pipeline: one-hot of the previous stage, corrupted when augmenting."""
+    moves: list[AbstractTransform] = [MoveSegChannelToOneHotData(num_classes)]
+    if augment:
+        moves += [RandomBinaryMorphologyTransform(num_classes - 1), RemoveRandomComponentTransform(num_classes - 1)]
+    return moves
+
+
 def scaled_shape(shape: Sequence[int], scale: Sequence[float]) -> tuple[int, ...]:
     """Spatial shape of a deep-supervision output: each side times its scale, rounded, at least 1."""
     return tuple(max(1, int(round(n * s))) for n, s in zip(shape, scale))
@@ -395,14 +543,16 @@ def training_transforms(
     use_mask_for_norm: Sequence[bool],
     elastic: bool = False,
     spatial_impl: str = "affine",
+    cascade_num_classes: int = 0,
 ) -> Compose:
-    """The reference's training augmentation (section 6, steps 1-13 and 16), in that order.
+    """The reference's training augmentation (section 6, steps 1-14 and 16), in that order.
 
     `rotation` holds (min, max) radians for batchgenerators' angle_x, angle_y, angle_z; the spatial
     transform centre-crops the enlarged input patch to `patch_size` (a sample without rotation,
     scaling or deformation is only cropped, without interpolation). `spatial_impl` "affine" is
     our faster equivalent of batchgenerators' SpatialTransform, which "batchgenerators" selects
-    (and which elastic deformation always uses).
+    (and which elastic deformation always uses). `cascade_num_classes` K > 0 means "seg" carries
+    the previous stage's segmentation as channel 1, which step 14 turns into K-1 data channels.
     """
     patch_size = [int(p) for p in patch_size]
     transforms: list[AbstractTransform] = []
@@ -438,10 +588,10 @@ def training_transforms(
     masked = [c for c, use in enumerate(use_mask_for_norm) if use]
     if masked:
         transforms.append(MaskOutsideNonzeroTransform(masked))
-    transforms += [
-        RemoveLabelTransform(-1, 0),
-        DeepSupervisionTargetsTransform(deep_supervision_scales),
-    ]
+    transforms.append(RemoveLabelTransform(-1, 0))
+    if cascade_num_classes:
+        transforms += cascade_transforms(cascade_num_classes, augment=True)
+    transforms.append(DeepSupervisionTargetsTransform(deep_supervision_scales))
     return Compose(transforms)
 
 
@@ -467,6 +617,8 @@ def batchgenerators_spatial(
     )
 
 
-def validation_transforms(deep_supervision_scales: Sequence[Sequence[float]] | None) -> Compose:
-    """Only the label bookkeeping (reference steps 13 and 16): no augmentation on validation patches."""
-    return Compose([RemoveLabelTransform(-1, 0), DeepSupervisionTargetsTransform(deep_supervision_scales)])
+def validation_transforms(deep_supervision_scales: Sequence[Sequence[float]] | None,
+                          cascade_num_classes: int = 0) -> Compose:
+    """Only the label bookkeeping (reference steps 13, 14 and 16): no augmentation on validation patches."""
+    cascade = cascade_transforms(cascade_num_classes, augment=False) if cascade_num_classes else []
+    return Compose([RemoveLabelTransform(-1, 0), *cascade, DeepSupervisionTargetsTransform(deep_supervision_scales)])

@@ -8,6 +8,11 @@ by up to half the enlargement. Patches are cut at the enlarged *initial* patch s
 rotation and scaling in the augmentation find image content in the corners) and padded with
 0 (image) and -1 (seg, "outside"). Arrays are memory-mapped: only the needed slab is read.
 
+Cascade (`previous_stage_folder`): each case's previous-stage segmentation (from the
+3d_lowres run's predicted_next_stage/) is cut with the same patch (padded with 0,
+background) and carried as seg channel 1 through the spatial augmentation; the transforms
+turn it into K-1 one-hot data channels after the image channels (augmentation step 14).
+
 2D configurations slice the (C, Z, Y, X) arrays along axis 0.
 """
 
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from autounet.errors import DatasetError
+from autounet.inference.cascade import load_previous_stage
 from autounet.pipeline.system import available_ram_gb, cpu_count
 from autounet.planners.plans import Plans
 from autounet.preprocessing.case_store import CaseStore
@@ -42,6 +48,7 @@ ANISOTROPY_THRESHOLD = 3.0
 DEFAULT_OVERSAMPLE_FOREGROUND = 0.33
 INITIAL_PATCH_SCALE = 0.85  # the reference enlarges by 1 / 0.85 (section 6; not the 0.7-1.4 used later)
 RAM_GB_PER_WORKER = 2.5
+MAX_CACHED_PREVIOUS = 8  # decompressed previous-stage segmentations kept per worker
 
 
 @dataclass(frozen=True)
@@ -184,10 +191,13 @@ class _CaseCache:
     cases stay open; reopening one costs a header read, far less than cutting a patch.
     """
 
-    def __init__(self, folder: str | Path, max_open: int = 64) -> None:
+    def __init__(self, folder: str | Path, max_open: int = 64, previous_stage_folder: str | Path | None = None
+                 ) -> None:
         self.store = CaseStore(folder)
         self.max_open = max_open
+        self.previous_stage_folder = Path(previous_stage_folder) if previous_stage_folder is not None else None
         self._arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._previous: OrderedDict[str, np.ndarray] = OrderedDict()
         self._locations: dict[str, dict[int, np.ndarray]] = {}
 
     def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +214,20 @@ class _CaseCache:
         if len(self._arrays) > self.max_open:
             self._arrays.popitem(last=False)
         return data, seg
+
+    def previous(self, case_id: str) -> np.ndarray:
+        """The case's previous-stage segmentation (z, y, x); compressed on disk, so a few stay decoded."""
+        if self.previous_stage_folder is None:
+            raise ValueError("no previous-stage folder was given")
+        if case_id in self._previous:
+            self._previous.move_to_end(case_id)
+            return self._previous[case_id]
+        seg = self.arrays(case_id)[1]
+        previous = load_previous_stage(self.previous_stage_folder, case_id, expected_shape=seg.shape)
+        self._previous[case_id] = previous
+        if len(self._previous) > MAX_CACHED_PREVIOUS:
+            self._previous.popitem(last=False)
+        return previous
 
     def foreground(self, case_id: str) -> dict[int, np.ndarray]:
         """Locations of the classes present in the case (classes without voxels are left out)."""
@@ -226,12 +250,14 @@ class PatchSampler:
         oversample_foreground: float = DEFAULT_OVERSAMPLE_FOREGROUND,
         initial_patch_size: Sequence[int] | None = None,
         rng: np.random.Generator | int | None = None,
+        previous_stage_folder: str | Path | None = None,
     ) -> None:
         if not case_ids:
             raise ValueError("PatchSampler needs at least one case")
         if len(patch_size) not in (2, 3):
             raise ValueError(f"patch_size needs 2 or 3 entries, got {list(patch_size)}")
-        self.cases = _CaseCache(folder)
+        self.cases = _CaseCache(folder, previous_stage_folder=previous_stage_folder)
+        self.has_previous_stage = previous_stage_folder is not None
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.initial_size = tuple(int(p) for p in (initial_patch_size or patch_size))
@@ -257,13 +283,17 @@ class PatchSampler:
         return [self.case_ids[i] for i in picks]
 
     def sample(self, case_ids: Sequence[str]) -> dict[str, Any]:
-        """`{"data": (B, C, *initial) float32, "seg": (B, 1, *initial) int16, "keys": case_ids}`."""
+        """`{"data": (B, C, *initial) float32, "seg": (B, S, *initial) int16, "keys": case_ids}`.
+
+        S is 1, or 2 with a previous stage: channel 1 then holds its segmentation (0 outside).
+        """
         channels = self.cases.arrays(case_ids[0])[0].shape[0]
         data = np.empty((len(case_ids), channels, *self.initial_size), dtype=np.float32)
-        seg = np.empty((len(case_ids), 1, *self.initial_size), dtype=np.int16)
+        seg = np.empty((len(case_ids), 2 if self.has_previous_stage else 1, *self.initial_size), dtype=np.int16)
         for i, case_id in enumerate(case_ids):
             image, labels = self.cases.arrays(case_id)
-            self._cut(case_id, image, labels, self.forced_foreground(i), data[i], seg[i, 0])
+            previous = self.cases.previous(case_id) if self.has_previous_stage else None
+            self._cut(case_id, image, labels, self.forced_foreground(i), data[i], seg[i], previous)
         return {"data": data, "seg": seg, "keys": list(case_ids)}
 
     def next_batch(self) -> dict[str, Any]:
@@ -285,7 +315,8 @@ class PatchSampler:
         return [int(min(max(c - ini // 2, lo), hi)) for c, ini, lo, hi in zip(center, self.initial_size, lows, highs)]
 
     def _cut(self, case_id: str, data: np.ndarray, seg: np.ndarray, force_foreground: bool,
-             out_data: np.ndarray, out_seg: np.ndarray) -> None:
+             out_data: np.ndarray, out_seg: np.ndarray, previous: np.ndarray | None = None) -> None:
+        """Cut one sample into out_data (C, *initial) and out_seg (S, *initial)."""
         if data.shape[0] != out_data.shape[0]:
             raise DatasetError(f"{self.cases.store.data_path(case_id)}: {data.shape[0]} channel(s), other cases of "
                                f"this batch have {out_data.shape[0]}; run `autounet plan_and_preprocess` again")
@@ -293,12 +324,16 @@ class PatchSampler:
         if self.dims == 3:
             start = self._start(seg.shape, voxel)
             crop_with_padding(data, start, self.initial_size, 0.0, out=out_data)
-            crop_with_padding(seg, start, self.initial_size, -1, out=out_seg)
+            crop_with_padding(seg, start, self.initial_size, -1, out=out_seg[0])
+            if previous is not None:
+                crop_with_padding(previous, start, self.initial_size, 0, out=out_seg[1])
             return
         z = int(voxel[0]) if voxel is not None else int(self.rng.integers(seg.shape[0]))
         start = self._start(seg.shape[1:], None if voxel is None else voxel[1:])
         crop_with_padding(data[:, z], start, self.initial_size, 0.0, out=out_data)
-        crop_with_padding(seg[z], start, self.initial_size, -1, out=out_seg)
+        crop_with_padding(seg[z], start, self.initial_size, -1, out=out_seg[0])
+        if previous is not None:
+            crop_with_padding(previous[z], start, self.initial_size, 0, out=out_seg[1])
 
 
 @dataclass(frozen=True)
@@ -316,19 +351,30 @@ class BatchSpec:
     mirror_axes: tuple[int, ...] | None = None
     elastic: bool = False
     spatial_impl: str = "affine"
+    previous_stage_folder: str | None = None
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.previous_stage_folder is not None and self.num_classes < 2:
+            raise ValueError(f"a previous-stage folder needs num_classes >= 2, got {self.num_classes}")
+
+    @property
+    def extra_channels(self) -> int:
+        """One-hot channels of the previous stage's foreground classes appended to the image (cascade)."""
+        return self.num_classes - 1 if self.previous_stage_folder is not None else 0
 
     def build(self, seed: int) -> BatchMaker:
         return BatchMaker(self, seed)
 
     def batch_shapes(self) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
-        """Shapes of a finished batch: data (B, C, *patch) and one (B, 1, *scale) per output scale."""
+        """Shapes of a finished batch: data (B, C [+ K-1], *patch) and one (B, 1, *scale) per output scale."""
         if not self.case_ids:
             raise ValueError("BatchSpec needs at least one case")
         data, _ = load_case_arrays(CaseStore(self.folder), self.case_ids[0])
         b = self.batch_size
         scales = self.deep_supervision_scales or (tuple(1.0 for _ in self.patch_size),)
         targets = [(b, 1, *scaled_shape(self.patch_size, scale)) for scale in scales]
-        return (b, int(data.shape[0]), *self.patch_size), targets
+        return (b, int(data.shape[0]) + self.extra_channels, *self.patch_size), targets
 
 
 class BatchMaker:
@@ -338,20 +384,22 @@ class BatchMaker:
         sampler_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
         self.spec = spec
         scales = [list(s) for s in spec.deep_supervision_scales] if spec.deep_supervision_scales else None
+        cascade_classes = spec.num_classes if spec.previous_stage_folder is not None else 0
         if spec.augment:
             params = get_augmentation_params(spec.patch_size, spec.mirror_axes)
             initial = initial_patch_size(spec.patch_size, params.rotation, params.dummy_2d)
             self.transforms = training_transforms(
                 spec.patch_size, params.rotation, params.dummy_2d, params.mirror_axes, scales,
                 spec.use_mask_for_norm, elastic=spec.elastic, spatial_impl=spec.spatial_impl,
+                cascade_num_classes=cascade_classes,
             )
         else:
             initial = tuple(spec.patch_size)
-            self.transforms = validation_transforms(scales)
+            self.transforms = validation_transforms(scales, cascade_num_classes=cascade_classes)
         self.sampler = PatchSampler(
             spec.folder, spec.case_ids, spec.patch_size, spec.batch_size,
             oversample_foreground=spec.oversample_foreground, initial_patch_size=initial,
-            rng=np.random.default_rng(int(sampler_seed)),
+            rng=np.random.default_rng(int(sampler_seed)), previous_stage_folder=spec.previous_stage_folder,
         )
         self.random_state = LocalRandomState(int(augment_seed))
 
@@ -391,12 +439,14 @@ def build_dataloaders(
     oversample_foreground: float = DEFAULT_OVERSAMPLE_FOREGROUND,
     pin_memory: bool = False,
     elastic: bool = False,
+    previous_stage_folder: str | Path | None = None,
 ) -> tuple[BackgroundBatches, BackgroundBatches]:
     """(train_batches, val_batches): endless iterators of torch batches for the trainer.
 
     Validation patches are sampled the same way (including foreground oversampling) but not
     augmented, by about half as many workers. Call `close()` on both (or use them as context
-    managers) to stop their processes.
+    managers) to stop their processes. `previous_stage_folder` (cascade) appends the one-hot
+    of each case's previous-stage segmentation found there to the image channels.
     """
     cfg = plans.configuration(configuration_name)
     scales = tuple(tuple(float(x) for x in s) for s in deep_supervision_scales) if deep_supervision_scales else None
@@ -409,6 +459,8 @@ def build_dataloaders(
         use_mask_for_norm=tuple(cfg.use_mask_for_norm),
         mirror_axes=tuple(cfg.mirror_axes) if cfg.mirror_axes is not None else None,
         elastic=elastic,
+        previous_stage_folder=str(previous_stage_folder) if previous_stage_folder is not None else None,
+        num_classes=plans.num_classes,
     )
     train_spec = BatchSpec(case_ids=tuple(train_ids), augment=augment, **common)  # type: ignore[arg-type]
     val_spec = BatchSpec(case_ids=tuple(val_ids), augment=False, **common)  # type: ignore[arg-type]

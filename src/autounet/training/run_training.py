@@ -13,14 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from autounet.errors import AutounetError
-from autounet.io.atomic import save_npz, write_text
+from autounet.inference.cascade import (
+    NEXT_STAGE_DIR,
+    NEXT_STAGE_KEY,
+    cascade_input,
+    load_previous_stage,
+    missing_previous_stage,
+    next_stage_segmentation,
+    save_next_stage,
+)
+from autounet.io.atomic import write_text
 from autounet.pipeline.workspace import Workspace, resolve_workspace
-from autounet.planners.plans import Plans, load_plans
+from autounet.planners.plans import Plans, ResamplingPlan, load_plans
+from autounet.preprocessing.case_properties import CaseProperties
 from autounet.training.checkpoint import BEST, FINAL, LATEST
 from autounet.training.distributed import (
     DistributedContext,
@@ -37,14 +46,16 @@ from autounet.training.run_identity import (
     run_name,
     save_manifest,
 )
-from autounet.training.settings import TrainingSettings
+from autounet.training.settings import DEFAULT_EPOCHS, DEFAULT_ITERS_PER_EPOCH, TrainingSettings
+from autounet.training.splits import Split
 from autounet.training.trainer import LoaderBuilder, NetworkBuilder, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "training.log"
-NEXT_STAGE_DIR = "predicted_next_stage"
-NEXT_STAGE_KEY = "seg"
+# Re-exported: the cascade helpers live in inference.cascade, shared with the predictor.
+__all__ = ["NEXT_STAGE_DIR", "NEXT_STAGE_KEY", "cascade_input", "load_previous_stage", "export_next_stage",
+           "find_previous_stage_dir", "run_training", "validate_fold"]
 
 
 def resolve_task_for_training(workspace: Workspace, task_or_none: str | None) -> str:
@@ -58,37 +69,72 @@ def fold_folder_name(fold: int | str) -> str:
     return f"fold_{fold}"
 
 
-def cascade_input(data: np.ndarray, previous_seg: np.ndarray, num_classes: int) -> np.ndarray:
-    """Image channels followed by a one-hot of the previous stage's foreground classes."""
-    onehot = [(previous_seg == c).astype(np.float32)[None] for c in range(1, num_classes)]
-    return np.concatenate([np.asarray(data, dtype=np.float32), *onehot], axis=0)
+def _budget_flags(settings: TrainingSettings) -> str:
+    """The train flags that make a run name's suffix (so a suggested command hits the same run)."""
+    flags = ""
+    if settings.epochs != DEFAULT_EPOCHS or settings.iters_per_epoch != DEFAULT_ITERS_PER_EPOCH:
+        flags += f" --epochs {settings.epochs} --iters-per-epoch {settings.iters_per_epoch}"
+    if settings.network:
+        flags += f" --network {settings.network}"
+    return flags
 
 
-def load_previous_stage(folder: Path, case_id: str) -> np.ndarray:
-    path = folder / f"{case_id}.npz"
-    with np.load(path, allow_pickle=False) as npz:
-        return npz[NEXT_STAGE_KEY]
+def _folds_validating(missing: list[str], splits: list[Split] | None) -> str:
+    """`--folds 0,3`: the lower-stage folds whose validation writes the missing cases."""
+    if not splits:
+        return "--folds 0-4"
+    wanted = set(missing)
+    folds = [i for i, split in enumerate(splits) if wanted & set(split.val)]
+    covered = {c for i in folds for c in splits[i].val}
+    if not folds or wanted - covered:
+        return "fold all"
+    return "--folds " + ",".join(str(f) for f in folds)
 
 
-def check_previous_stage(folder: Path, case_ids: list[str], configuration: str, previous: str) -> None:
-    """The cascade trains on the lower stage's predictions; say what is missing and how to get it."""
-    missing = [c for c in case_ids if not (folder / f"{c}.npz").is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise AutounetError(
-            f"{folder}: {configuration} needs the {previous} predictions of every training case, missing for "
-            f"{len(missing)} case(s) ({shown}); train all {previous} folds first with the same --epochs and "
-            f"--iters-per-epoch"
-        )
+def find_previous_stage_dir(
+    results: Path,
+    task: str,
+    configuration: str,
+    previous: str,
+    settings: TrainingSettings,
+    needed: list[str],
+    splits: list[Split] | None = None,
+) -> Path:
+    """The `predicted_next_stage` folder of the lower-stage run that this cascade run trains on.
+
+    Preferred: the run with the same name suffix (`3d_lowres__2ep_4it` for
+    `3d_cascade_fullres__2ep_4it`). If it lacks cases, another run of `previous` that has every
+    needed case is used (the default-length run first, else the most recently written) with a
+    warning. Otherwise the error names the preferred folder, the missing cases and the command
+    that writes them (each lower-stage fold predicts its own validation cases).
+    """
+    preferred = results / run_name(previous, settings) / NEXT_STAGE_DIR
+    missing = missing_previous_stage(preferred, needed)
+    if not missing:
+        return preferred
+    others = [p / NEXT_STAGE_DIR for p in results.glob(f"{previous}*")
+              if p.is_dir() and p.name.split("__", 1)[0] == previous and p / NEXT_STAGE_DIR != preferred]
+    complete = [d for d in others if not missing_previous_stage(d, needed)]
+    if complete:
+        chosen = sorted(complete, key=lambda d: (d.parent.name != previous, -d.stat().st_mtime))[0]
+        log.warning("%s is incomplete; %s trains on the %s predictions in %s instead", preferred, configuration,
+                    previous, chosen)
+        return chosen
+    shown = ", ".join(missing[:5]) + (f" ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+    raise AutounetError(
+        f"{preferred}: {configuration} needs the {previous} predictions of the fold's {len(needed)} training and "
+        f"validation cases, missing for {len(missing)} ({shown}); first run `autounet train {previous} "
+        f"{_folds_validating(missing, splits)} -t {task}{_budget_flags(settings)}` (each {previous} fold writes "
+        f"its validation cases there)"
+    )
 
 
-def export_next_stage(logits: torch.Tensor, target_shape: list[int], path: Path) -> None:
-    """Low-resolution logits resampled to the next stage's preprocessed grid, saved as argmax indices."""
-    x = torch.as_tensor(logits, dtype=torch.float32)[None]
-    mode = "trilinear" if x.ndim == 5 else "bilinear"
-    resized = nn.functional.interpolate(x, size=[int(s) for s in target_shape], mode=mode, align_corners=False)
-    seg = resized[0].argmax(0).numpy().astype(np.int16)
-    save_npz(path, **{NEXT_STAGE_KEY: seg})
+def export_next_stage(logits: Any, props: CaseProperties, next_props: CaseProperties, resampling: ResamplingPlan,
+                      folder: Path) -> Path:
+    """Save a low-resolution case's prediction on the next stage's preprocessed grid for the cascade."""
+    seg = next_stage_segmentation(logits, next_props.shape_after_resample, props.target_spacing,
+                                  next_props.target_spacing, resampling)
+    return save_next_stage(seg, folder, next_props.case_id or props.case_id)
 
 
 def validate_fold(
@@ -125,7 +171,8 @@ def validate_fold(
     for i, case_id in enumerate(val_ids):
         data, _, props = store.load(case_id, mmap=False)
         if previous_stage_dir is not None:
-            data = cascade_input(data, load_previous_stage(previous_stage_dir, case_id), plans.num_classes)
+            previous = load_previous_stage(previous_stage_dir, case_id, expected_shape=data.shape[1:])
+            data = cascade_input(data, previous, plans.num_classes)
         logits = sliding_window_logits(network, data, cfg.patch_size, plans.num_classes, step_size=0.5,
                                        mirror_axes=mirror_axes, device=device)
         seg, probs = logits_to_segmentation_on_original_grid(logits, props, plans, configuration_name,
@@ -134,8 +181,7 @@ def validate_fold(
         if probs is not None:
             write_probabilities(probs, plans.label_values, val_dir / f"{case_id}.npz")
         if next_stage is not None and next_store is not None:
-            export_next_stage(logits, next_store.properties(case_id).shape_after_resample,
-                              next_stage[0] / f"{case_id}.npz")
+            export_next_stage(logits, props, next_store.properties(case_id), cfg.resampling, next_stage[0])
         log.info("validation case %d/%d: %s", i + 1, len(val_ids), case_id)
     if not gt_dir.is_dir():
         log.warning("%s not found: validation predictions were written but not evaluated", gt_dir)
@@ -211,7 +257,7 @@ def run_training(
     `training.data_loader.build_dataloaders`.
     """
     from autounet.preprocessing.case_store import CaseStore
-    from autounet.training.splits import get_fold, load_or_create_splits
+    from autounet.training.splits import get_fold, load_or_create_splits, load_splits
 
     settings.validate()
     ws = workspace if isinstance(workspace, Workspace) else resolve_workspace(workspace)
@@ -231,19 +277,22 @@ def run_training(
     started_group = started_group and ctx.enabled
     try:
         splits_path = preprocessed / "splits.json"
+        splits = None
         if str(fold) == "all":
             train_ids, val_ids = get_fold([], "all", case_ids)
+            if cfg.previous_stage and splits_path.is_file():  # only to name the lower-stage folds to train
+                splits = load_splits(splits_path, case_ids)
         else:
             if ctx.is_main:
                 load_or_create_splits(splits_path, case_ids)
             barrier(ctx)
-            train_ids, val_ids = get_fold(load_or_create_splits(splits_path, case_ids), fold, case_ids,
-                                          source=str(splits_path))
+            splits = load_or_create_splits(splits_path, case_ids)
+            train_ids, val_ids = get_fold(splits, fold, case_ids, source=str(splits_path))
         in_channels = plans.num_channels
         previous_dir = None
         if cfg.previous_stage:
-            previous_dir = ws.results(task) / run_name(cfg.previous_stage, settings) / NEXT_STAGE_DIR
-            check_previous_stage(previous_dir, sorted(set(train_ids) | set(val_ids)), configuration, cfg.previous_stage)
+            previous_dir = find_previous_stage_dir(ws.results(task), task, configuration, cfg.previous_stage,
+                                                   settings, sorted(set(train_ids) | set(val_ids)), splits)
             in_channels += plans.num_classes - 1
         run_dir = ws.results(task) / run_name(configuration, settings)
         fold_dir = run_dir / fold_folder_name(fold)
@@ -259,9 +308,12 @@ def run_training(
                 save_manifest(manifest, fold_dir)
             barrier(ctx)
             try:
+                if previous_dir is not None:
+                    log.info("cascade: %s inputs are the image plus the one-hot of the %s predictions in %s",
+                             configuration, cfg.previous_stage, previous_dir)
                 trainer = Trainer(plans, configuration, data_folder, fold_dir, train_ids, val_ids, settings, ctx=ctx,
                                   in_channels=in_channels, network_builder=network_builder,
-                                  loader_builder=loader_builder)
+                                  loader_builder=loader_builder, previous_stage_dir=previous_dir)
                 resumed = settings.resume and trainer.resume()
                 if settings.resume and not resumed:
                     log.warning("%s: no checkpoint to resume from; starting from epoch 1", fold_dir)

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 NetworkBuilder = Callable[..., nn.Module]
 # Called like training.data_loader.build_dataloaders (positional arguments, then augment,
-# oversample_foreground and pin_memory as keywords); returns (train_batches, val_batches).
+# oversample_foreground and pin_memory as keywords, plus previous_stage_folder for a cascade);
+# returns (train_batches, val_batches).
 LoaderBuilder = Callable[..., tuple[Iterable[dict[str, Any]], Iterable[dict[str, Any]]]]
 
 
@@ -184,7 +185,10 @@ class Trainer:
         in_channels: int | None = None,
         network_builder: NetworkBuilder | None = None,
         loader_builder: LoaderBuilder | None = None,
+        previous_stage_dir: Path | None = None,
     ) -> None:
+        """`previous_stage_dir` (cascade): the lower stage's predicted_next_stage folder, whose
+        one-hot the loader appends to the image; `in_channels` must then include those K-1 channels."""
         settings.validate()
         self.plans = plans
         self.configuration_name = configuration_name
@@ -198,7 +202,9 @@ class Trainer:
         self.device = resolve_device(settings.device, self.ctx)
         self.num_classes = plans.num_classes
         self.class_names = class_names(plans)
-        self.in_channels = in_channels if in_channels is not None else plans.num_channels
+        self.previous_stage_dir = Path(previous_stage_dir) if previous_stage_dir is not None else None
+        extra = plans.num_classes - 1 if self.previous_stage_dir is not None else 0
+        self.in_channels = in_channels if in_channels is not None else plans.num_channels + extra
         self.network_name = settings.network or self.cfg.network.architecture
         self.mirror_axes = list(self.cfg.mirror_axes if self.cfg.mirror_axes is not None else range(self.cfg.dims))
         self.ds_scales = deep_supervision_scales(self.cfg.network.strides)
@@ -304,10 +310,13 @@ class Trainer:
                 self.cfg.batch_size, self.ctx.world_size)
         workers = self.settings.workers if self.settings.workers is not None else _default_workers()
         builder = self._loader_builder or _default_loader_builder()
+        cascade: dict[str, Any] = {}
+        if self.previous_stage_dir is not None:
+            cascade["previous_stage_folder"] = self.previous_stage_dir
         return builder(self.data_folder, self.train_ids, self.val_ids, plans, self.configuration_name,
                        self.ds_scales, workers, rank_seed(self.settings.seed, self.state.next_epoch, self.ctx.rank),
                        augment=self.settings.augment, oversample_foreground=self.settings.oversample,
-                       pin_memory=self.device.type == "cuda")
+                       pin_memory=self.device.type == "cuda", **cascade)
 
     def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
