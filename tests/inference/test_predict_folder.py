@@ -93,6 +93,33 @@ def test_empty_input(ws, tmp_path):
         predict_folder(ws, tmp_path / "in", tmp_path / "out", device="cpu", show_progress=False, cwd=tmp_path)
 
 
+def test_input_is_checked_before_any_checkpoint_is_loaded(ws, tmp_path, monkeypatch):
+    """A wrong input folder is reported at once, without loading (or needing) the trained weights."""
+    from autounet.inference import predictor
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a checkpoint was loaded before the input was checked")
+
+    monkeypatch.setattr(predictor.Predictor, "from_run_folder", must_not_load)
+    (tmp_path / "in").mkdir()
+    with pytest.raises(DatasetError, match="no input images"):
+        predict_folder(ws, tmp_path / "in", tmp_path / "out", device="cpu", show_progress=False, cwd=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_voxels_fail_their_case_naming_the_file(ws, tmp_path):
+    _inputs(tmp_path / "in", ids=("a", "b"))
+    path = tmp_path / "in" / "b_0000.nii.gz"
+    _, image = labelled_case(seed=5)
+    poisoned = image[0].astype(np.float32)
+    poisoned[0, 0, :2] = np.nan
+    poisoned[0, 1, 0] = np.inf
+    write_image(poisoned, flipped_geometry(), path)
+    report = predict_folder(ws, tmp_path / "in", tmp_path / "out", device="cpu", show_progress=False, cwd=tmp_path)
+    assert report.written == ["a"]
+    assert report.failed["b"] == f"{path}: contains 3 NaN/inf voxel(s); replace them (e.g. with 0) and re-export"
+
+
 def test_missing_channel_names_the_case(tmp_path):
     ws = Workspace(tmp_path / "ws")
     write_run(ws.results("Task98_Two"), make_plans([3.0, 1.3, 0.7], num_channels=2))

@@ -45,8 +45,14 @@ def test_npy_round_trip_is_memory_mappable(tmp_path: Path) -> None:
 
 def test_read_json_names_file_and_position(tmp_path: Path) -> None:
     bad = tmp_path / "dataset.json"
-    bad.write_text('{"a": 1,}')
-    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON \(line 1"):
+    bad.write_text('{"a": 1 "b": 2}')
+    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON \(line 1, column 9"):
+        read_json(bad)
+    bad.write_text('{\n  "a": [1, 2,\n  ],\n  "b": 1,\n}\n')
+    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON: trailing comma at line 2; remove it"):
+        read_json(bad)
+    bad.write_text('{\n  "a": [1, 2],\n  "b": 1,\n}\n')
+    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON: trailing comma at line 3; remove it"):
         read_json(bad)
     with pytest.raises(DatasetError, match="file not found"):
         read_json(tmp_path / "missing.json")

@@ -156,6 +156,34 @@ def test_read_channels_shape_or_spacing_mismatch_names_the_file(tmp_path: Path) 
         read_channels([tmp_path / "c_0000.nii.gz", tmp_path / "c_0002.nii.gz"])
 
 
+def test_read_channels_refuses_a_4d_channel_file_among_several_but_keeps_one_msd_file(tmp_path: Path) -> None:
+    write_image(np.stack([_ramp((4, 5, 6)), _ramp((4, 5, 6))]), GEOM, tmp_path / "c_0000.nii.gz")
+    write_image(_ramp((4, 5, 6)), GEOM, tmp_path / "c_0001.nii.gz")
+    with pytest.raises(ImageReadError, match=r"c_0000\.nii\.gz: is 4D \(2 volumes\) where a 3D channel file is "
+                                             r"expected; split it into one 3D file per channel"):
+        read_channels([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])
+    data, _ = read_channels([tmp_path / "c_0000.nii.gz"])  # one MSD-style 4D file: its volumes are channels
+    assert data.shape == (2, 4, 5, 6)
+
+
+def test_sheared_nifti_sform_without_qform_gets_a_clear_message(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine[0, 1] = 0.8
+    image = nib.Nifti1Image(np.zeros((6, 5, 4), dtype=np.float32), affine)
+    image.set_sform(affine, code=1)
+    image.set_qform(None, code=0)
+    nib.save(image, str(tmp_path / "sheared.nii.gz"))
+    with pytest.raises(ImageReadError, match=r"sheared\.nii\.gz: direction \(sform\) in the NIfTI header is not "
+                                             r"orthonormal .* no valid qform"):
+        read_image(tmp_path / "sheared.nii.gz")
+
+
+def test_itk_warnings_are_not_printed_around_the_one_line_errors() -> None:
+    assert not sitk.ProcessObject_GetGlobalWarningDisplay()
+
+
 def test_read_channels_origin_mismatch_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_image(_ramp((4, 5, 6)), GEOM, tmp_path / "c_0000.nii.gz")
     shifted = Geometry(spacing=GEOM.spacing, origin=(0.0, 0.0, 0.0), direction=DIRECTION, shape=(4, 5, 6))

@@ -140,7 +140,7 @@ def test_decision_json_round_trip_and_validation(tmp_path):
     data = json.loads(path.read_text().replace("NaN", "null").replace("null", "0.0"))
     data["keep_largest_per_label"] = [0]
     path.write_text(json.dumps(data))
-    with pytest.raises(PlansError, match=r"postprocessing.json.keep_largest_per_label"):
+    with pytest.raises(PlansError, match=r"postprocessing\.json: key keep_largest_per_label"):
         load_postprocessing(path)
     data["keep_largest_per_label"] = []
     data["extra"] = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -72,17 +73,21 @@ def _break_case(folder: Path, case_id: str) -> None:
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
-def test_exception_in_a_worker_surfaces_with_traceback_and_case(tmp_path: Path, num_workers: int) -> None:
+def test_exception_in_a_worker_is_one_line_naming_the_case_with_the_traceback_logged(
+    tmp_path: Path, num_workers: int, caplog: pytest.LogCaptureFixture
+) -> None:
     ids = write_cases(tmp_path, 2)
     _break_case(tmp_path, "case1")  # not case0: the parent reads case0's header to size the buffers
     with BackgroundBatches(spec_for(tmp_path, ids), num_workers, seed=0) as batches:
-        with pytest.raises(WorkerError) as info:
+        with pytest.raises(WorkerError) as info, caplog.at_level(logging.ERROR):
             for _ in range(100):  # until a batch draws the broken case
                 next(batches)
     message = str(info.value)
     assert "case1" in info.value.item
     assert "DatasetError" in message and "case1" in message and "cannot be read" in message
-    assert "Traceback (most recent call last)" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert any("Traceback (most recent call last)" in r.getMessage() and r.levelno == logging.ERROR
+               for r in caplog.records)
 
 
 def test_unreadable_first_case_is_a_dataset_error_before_any_worker_starts(tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def test_pickled_payload_is_refused_and_never_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save(_state(payload=_Payload(marker)), path)
-    with pytest.raises(CheckpointError, match="evil.pt.*pickled objects"):
+    with pytest.raises(CheckpointError,
+                       match=r"evil\.pt: refused, the checkpoint holds a pickled Python object \((posix|os)\.system\)"):
         load_checkpoint(path)
     assert not marker.exists()
 
@@ -138,3 +139,37 @@ def test_sigkill_during_writes_never_leaves_an_unloadable_checkpoint(tmp_path: P
     w = state["network"]["w"]
     assert w.numel() == 8_000_000
     assert float(w.double().sum()) == pytest.approx(state["sum"])
+
+
+def test_other_load_failures_are_one_plain_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Torch's text reaches the user without terminal escape codes or line breaks."""
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _state())
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("\x1b[1mPytorchStreamReader failed\x1b[0m reading\n\tthe zip archive")
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path}: not a loadable checkpoint (PytorchStreamReader failed reading); "
+                               f"it is truncated or corrupt; use another checkpoint or retrain")
+
+
+def test_weights_only_refusal_without_a_named_global_never_suggests_unsafe_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _state())
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise pickle.UnpicklingError("Weights only load failed. This file can still be loaded, \x1b[1mdo it\x1b[0m.\n"
+                                     "\tWeightsUnpickler error: Unsupported operand 149. Check the docs.")
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path}: refused, the checkpoint holds data the weights-only loader does not accept "
+                               f"(Unsupported operand 149); use a checkpoint written by autounet")

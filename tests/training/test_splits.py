@@ -64,7 +64,7 @@ def test_user_edited_splits_are_respected(tmp_path: Path) -> None:
          r"splits\.json: fold 1.*case_000.*both"),
         ([{"train": CASES}], r"splits\.json: fold 0: missing required key 'val'"),
         ({"train": CASES, "val": []}, r"splits\.json: expected a non-empty list"),
-        ([{"train": CASES[1:], "val": []}], r"fold 0\.val: is empty"),
+        ([{"train": CASES[1:], "val": []}], r"splits\.json: fold 0: key val: is empty"),
     ],
 )
 def test_invalid_splits_raise_plans_error_naming_file_and_fold(tmp_path: Path, content: object, pattern: str) -> None:

@@ -25,6 +25,7 @@ from autounet.inference.model_choice import ModelChoice, choose_model
 from autounet.inference.predictor import Predictor
 from autounet.io.atomic import write_json
 from autounet.pipeline.workspace import Workspace
+from autounet.planners.plans import load_plans
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,14 @@ def predict_folder(
         from autounet.postprocessing.decision import load_postprocessing
 
         decision = load_postprocessing(choice.postprocessing)
+    # The inputs are checked before any checkpoint is loaded: a wrong folder or a missing channel
+    # is reported at once, and without needing the trained weights.
+    num_channels = load_plans(choice.run_dirs[0] / "plans.json").num_channels
+    cases = sorted(list_prediction_inputs(input_path, num_channels), key=lambda c: c.case_id)
+    cases = shard(cases, num_parts, part_id)
     predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size)
                   for d in choice.run_dirs]
     plans = predictors[0].plans
-    cases = sorted(list_prediction_inputs(input_path, plans.num_channels), key=lambda c: c.case_id)
-    cases = shard(cases, num_parts, part_id)
     used_folds = {p.run_dir.name: p.folds for p in predictors if p.run_dir is not None}
     log.info("model: %s", "; ".join(choice.reason))
     log.info("using %s; folds %s; %s checkpoint; mirroring %s; step size %g; postprocessing: %s",

@@ -96,9 +96,28 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        comma_line = trailing_comma_line(text, exc.pos)
+        if comma_line is not None:
+            raise DatasetError(
+                f"{path}: not valid JSON: trailing comma at line {comma_line}; remove it (JSON allows none)"
+            ) from None
         raise DatasetError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the syntax"
         ) from None
+
+
+def trailing_comma_line(text: str, error_pos: int) -> int | None:
+    """Line (1-based) of a comma right before the '}' or ']' where JSON parsing failed, else None.
+
+    Why: the most common hand-editing mistake; the decoder reports it at the closing bracket
+    ("Expecting property name"), which does not point at the comma to remove.
+    """
+    if not 0 <= error_pos < len(text) or text[error_pos] not in "}]":
+        return None
+    before = text[:error_pos].rstrip()
+    if not before.endswith(","):
+        return None
+    return before.count("\n") + 1
 
 
 def is_temporary(path: str | os.PathLike[str]) -> bool:

@@ -26,6 +26,10 @@ from autounet.io.geometry import Geometry
 
 log = logging.getLogger(__name__)
 
+# ITK prints its own C++ warnings (e.g. about a NIfTI's qform/sform) straight to stderr, around
+# autounet's one-line errors; every problem that matters is reported by the checks here instead.
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
+
 SUPPORTED_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 """Longest first, so that '.nii.gz' wins over '.nii' when stripping."""
 
@@ -140,6 +144,8 @@ def read_label(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
 def read_channels(paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Geometry]:
     """Read one file per channel (nnU-Net layout) and stack them to (C, Z, Y, X).
 
+    A single path may hold several channels (an MSD 4D file); among several paths each file
+    must hold exactly one, else the error names the file instead of a wrong channel total later.
     The first file's grid is the case's grid. A different shape or spacing cannot be
     repaired silently (error naming the file); a different origin or direction is most
     often rounding in an exporter, so it is only logged.
@@ -150,6 +156,11 @@ def read_channels(paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, 
     reference: Geometry | None = None
     for p in paths:
         data, geometry = read_image(p)
+        if len(paths) > 1 and data.shape[0] != 1:
+            raise ImageReadError(
+                p, f"is 4D ({data.shape[0]} volumes) where a 3D channel file is expected; "
+                "split it into one 3D file per channel (_0000, _0001, ...)"
+            )
         if reference is None:
             reference = geometry
         else:
@@ -195,7 +206,7 @@ def image_channel_count(path: str | os.PathLike[str]) -> int:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise ImageReadError(path, f"cannot be read as an image ({_short_reason(exc)}); {_FIX}") from None
+        raise _itk_read_error(path, exc) from None
     if reader.GetDimension() == 4:
         return int(reader.GetSize()[3])
     return int(reader.GetNumberOfComponents())
@@ -237,7 +248,7 @@ def _read_sitk(path: Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ImageReadError(path, f"cannot be read as an image ({_short_reason(exc)}); {_FIX}") from None
+        raise _itk_read_error(path, exc) from None
     if image.GetDimension() not in (2, 3, 4):
         raise ImageReadError(path, f"is a {image.GetDimension()}D image; only 2D, 3D and 4D (channels) are supported")
     return image
@@ -286,6 +297,16 @@ def _geometry_of(image: sitk.Image, path: Path, shape_zyx: tuple[int, ...]) -> G
     )
 
 
+def _itk_read_error(path: Path, exc: RuntimeError) -> ImageReadError:
+    """The one-line error for a file SimpleITK refuses; ITK's own wording only where nothing clearer is known."""
+    if _NO_ORTHONORMAL in str(exc):
+        return ImageReadError(
+            path, "direction (sform) in the NIfTI header is not orthonormal (sheared or scaled axes) and no "
+            "valid qform is present; fix the header or resample the image onto an orthonormal grid"
+        )
+    return ImageReadError(path, f"cannot be read as an image ({_short_reason(exc)}); {_FIX}")
+
+
 def _short_reason(exc: RuntimeError) -> str:
     """The informative part of a SimpleITK/ITK exception, on one short line."""
     text = str(exc)
@@ -301,6 +322,7 @@ def _short_reason(exc: RuntimeError) -> str:
     return (useful[-1] if useful else "unknown error")[:160]
 
 
+_NO_ORTHONORMAL = "No orthonormal definition found"
 _ITK_PREFIX = re.compile(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?")
 _SOURCE_LINE = re.compile(r"^\S+\.(cxx|hxx|h|cpp):\d+:?$")
 

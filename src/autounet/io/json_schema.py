@@ -16,9 +16,22 @@ from autounet.errors import PlansError
 
 D = TypeVar("D")
 
+KEY_MARK = ": key "
+"""Separates the file from the key path in `where`: '<file>: key configurations.3d_fullres'."""
+
+
+def key_path(where: str, key: object) -> str:
+    """`where` extended by one key: the file gets ': key <key>', a key path gets '.<key>'."""
+    return f"{where}.{key}" if KEY_MARK in where else f"{where}{KEY_MARK}{key}"
+
 
 def from_dict(cls: type[D], data: Any, where: str) -> D:
-    """Build dataclass `cls` from `data`; `where` prefixes error messages (file and key path)."""
+    """Build dataclass `cls` from `data`; `where` prefixes error messages.
+
+    `where` is the file (top level) or '<file>: key a.b' (nested), so that messages read
+    '<file>: key a.b.c: ...' rather than gluing the key onto the file name. A top-level
+    `validate(where)` may still append '.<key>' to the file; that is rewritten the same way.
+    """
     if not isinstance(data, dict):
         raise PlansError(f"{where}: expected an object, got {type(data).__name__}")
     hints = get_type_hints(cls)
@@ -32,11 +45,17 @@ def from_dict(cls: type[D], data: Any, where: str) -> D:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
                 raise PlansError(f"{where}: missing required key '{name}'")
             continue
-        kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+        kwargs[name] = _convert(hints[name], data[name], key_path(where, name))
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate(where)
+        try:
+            validate(where)
+        except PlansError as exc:
+            message = str(exc)
+            if KEY_MARK not in where and message.startswith(f"{where}."):
+                raise PlansError(f"{where}{KEY_MARK}{message[len(where) + 1:]}") from None
+            raise
     return obj
 
 
@@ -77,7 +96,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise PlansError(f"{where}: expected an object, got {type(value).__name__}")
         kt, vt = get_args(tp) or (Any, Any)
-        return {_convert(kt, k, f"{where}") if kt is not str else k: _convert(vt, v, f"{where}.{k}")
+        return {_convert(kt, k, f"{where}") if kt is not str else k: _convert(vt, v, key_path(where, k))
                 for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DEMO_GPU_MEMORY_GB = 2.0
 DEMO_BUDGET = {"3d_fullres": (12, 30), "2d": (12, 40)}
+DEMO_VAL_ITERS = 10
 
 
 @dataclass
@@ -60,7 +61,7 @@ def run_demo(workspace: Workspace, two_d: bool = False, epochs: int | None = Non
 
     _step(3, total, f"training {configuration} fold 0")
     settings = TrainingSettings(epochs=epochs or default_epochs, iters_per_epoch=iters_per_epoch or default_iters,
-                                device=device, workers=workers)
+                                val_iters=DEMO_VAL_ITERS, device=device, workers=workers)
     fold_dir = run_training(workspace, task.name, configuration, 0, settings)
 
     _step(4, total, "predicting the held-out demo cases")

@@ -53,7 +53,7 @@ class _CaseResult:
     num_channels: int | None = None
 
 
-def check_task(task: TaskDataset, num_workers: int = 0) -> IntegrityReport:
+def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True) -> IntegrityReport:
     """Check every training case (and that listed test files exist); collect all problems."""
     report = IntegrityReport()
     if not task.training:
@@ -67,7 +67,7 @@ def check_task(task: TaskDataset, num_workers: int = 0) -> IntegrityReport:
     jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values)) for c in task.training]
     results = run_parallel(
         check_case, jobs, [c.case_id for c in task.training], num_workers, desc="integrity check",
-        show_progress=len(jobs) > 1,
+        show_progress=show_progress and len(jobs) > 1,
     )
     for res in results:
         report.errors.extend(res.errors)
@@ -83,9 +83,9 @@ def check_task(task: TaskDataset, num_workers: int = 0) -> IntegrityReport:
     return report
 
 
-def verify_task(task: TaskDataset, num_workers: int = 0) -> IntegrityReport:
+def verify_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True) -> IntegrityReport:
     """Run check_task, log its warnings, and raise IntegrityError listing every error."""
-    report = check_task(task, num_workers=num_workers)
+    report = check_task(task, num_workers=num_workers, show_progress=show_progress)
     for w in report.warnings:
         log.warning("%s", w)
     if report.errors:
@@ -123,6 +123,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
     grid: Geometry | None = None
     grid_file: Path | None = None
     total_channels = 0
+    split_needed = False
     for p in case.images:
         if p in missing:
             continue
@@ -134,6 +135,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
         channels = data.shape[0]
         total_channels += channels
         if job.layout == "nnunet" and channels != 1:
+            split_needed = True  # reported here; the case's channel count would only repeat it
             res.errors.append(
                 f"{p}: is 4D ({channels} volumes) where a 3D channel file is expected; "
                 "split it into one 3D file per channel (_0000, _0001, ...)"
@@ -149,7 +151,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
             grid, grid_file = geometry, p
         else:
             _compare(res, grid, grid_file, geometry, p, "channel file")
-    if not missing and grid is not None and total_channels:
+    if not missing and not split_needed and grid is not None and total_channels:
         res.num_channels = total_channels
 
     if case.label is not None and case.label.is_file():
@@ -203,18 +205,30 @@ def _label_value_problems(path: Path, seg: np.ndarray, declared: tuple[int, ...]
 
 
 def _channel_count_consistency(task: TaskDataset, results: list[_CaseResult]) -> list[str]:
-    """Every case must have the declared number of channels (MSD: counted in each 4D/3D file)."""
+    """Every case must have the declared number of channels (MSD: counted in each 4D/3D file).
+
+    One line per wrong channel count, naming the first such case's file and listing the other
+    cases: the same mistake in every case of a task is one problem to fix, not hundreds of lines.
+    """
     expected = task.num_channels
     counts = Counter(r.num_channels for r in results if r.num_channels is not None)
-    errors = []
+    others = ", ".join(f"{n} channel(s) in {k} case(s)" for n, k in sorted(counts.items()))
+    wrong: dict[int, list[CaseFiles]] = {}
     for case, res in zip(task.training, results):
         if res.num_channels is not None and res.num_channels != expected:
-            others = ", ".join(f"{n} channel(s) in {k} case(s)" for n, k in sorted(counts.items()))
-            errors.append(
-                f"{case.images[0]}: case '{case.case_id}' has {res.num_channels} channel(s) but dataset.json "
-                f"declares {expected} ({', '.join(task.channel_names.values())}); cases have {others} - "
-                "every case needs the same channels in the same order"
-            )
+            wrong.setdefault(res.num_channels, []).append(case)
+    errors = []
+    for found, cases in sorted(wrong.items()):
+        first, rest = cases[0], [c.case_id for c in cases[1:]]
+        also = ""
+        if rest:
+            listed = ", ".join(rest[:_MAX_LISTED_VALUES]) + (" ..." if len(rest) > _MAX_LISTED_VALUES else "")
+            also = f", and so do {len(rest)} more case(s) ({listed})"
+        errors.append(
+            f"{first.images[0]}: case '{first.case_id}' has {found} channel(s) but dataset.json declares "
+            f"{expected} ({', '.join(task.channel_names.values())}){also}; cases have {others} - "
+            "every case needs the same channels in the same order"
+        )
     return errors
 
 

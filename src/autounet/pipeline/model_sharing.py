@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from autounet import __version__
-from autounet.errors import AutounetError, DatasetError
+from autounet.errors import AutounetError, CheckpointError, DatasetError
 from autounet.io.atomic import atomic_path
 from autounet.io.json_schema import from_dict, to_dict
 from autounet.pipeline.workspace import Workspace
@@ -114,10 +114,19 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
     return path
 
 
-def install_model(archive: Path, workspace: Workspace, overwrite: bool = False) -> Path:
-    """Check and unpack an exported archive into `<workspace>/results/<task>/`."""
+def _check_checkpoint(staged: Path, archive: Path, member: str) -> None:
+    """Load a staged checkpoint weights-only; a refusal names the archive and member, not the staging path."""
     from autounet.training.checkpoint import load_checkpoint
 
+    try:
+        load_checkpoint(staged)
+    except CheckpointError as exc:
+        reason = str(exc).removeprefix(f"{staged}: ").removeprefix("refused, ").replace(str(staged), member)
+        raise CheckpointError(f"{archive}: refused, member {member}: {reason}") from None
+
+
+def install_model(archive: Path, workspace: Workspace, overwrite: bool = False) -> Path:
+    """Check and unpack an exported archive into `<workspace>/results/<task>/`."""
     archive = Path(archive)
     if not archive.is_file():
         raise DatasetError(f"{archive}: file not found")
@@ -159,7 +168,7 @@ def install_model(archive: Path, workspace: Workspace, overwrite: bool = False) 
                 if _sha256(dest) != digest:
                     raise AutounetError(f"{archive}: refused, checksum mismatch for {rel} (corrupted or altered)")
                 if dest.suffix == ".pt":
-                    load_checkpoint(dest)
+                    _check_checkpoint(dest, archive, f"{task}/{rel}")
             for run in manifest.runs:
                 if (target / run).exists() and not overwrite:
                     raise AutounetError(f"{target / run}: already installed; pass --overwrite to replace it")

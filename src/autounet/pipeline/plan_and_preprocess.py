@@ -68,7 +68,7 @@ def plan_and_preprocess(
              ", ".join(f"{v}={k}" for k, v in sorted(task.labels.items(), key=lambda kv: kv[1])))
 
     log.info("checking dataset integrity ...")
-    verify_task(task, num_workers=workers)
+    verify_task(task, num_workers=workers, show_progress=show_progress)
 
     out = workspace.preprocessed(task.name)
     fp_path = out / "fingerprint.json"

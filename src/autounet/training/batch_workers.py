@@ -264,9 +264,9 @@ class BackgroundBatches:
             case_ids = self._local.choose_cases()
             batch = self._local.make(case_ids)
         except Exception as exc:
-            detail = traceback.format_exc()
-            raise WorkerError(f"{self.name} batch in the main process on case(s) {', '.join(case_ids)}",
-                              f"{type(exc).__name__}: {exc}\n{detail}") from exc
+            item = f"{self.name} batch in the main process on case(s) {', '.join(case_ids) or 'none'}"
+            log.error("%s failed; traceback:\n%s", item, traceback.format_exc())
+            raise WorkerError(item, _one_line(f"{type(exc).__name__}: {exc}")) from exc
         return _to_torch(batch, self.pin_memory, copy=False)
 
     def _check_workers(self) -> None:
@@ -301,7 +301,7 @@ class BackgroundBatches:
         last = detail.strip().splitlines()[-1] if detail.strip() else "unknown error"
         log.error("%s worker %d traceback:\n%s", self.name, index, detail)
         item = f"{self.name} worker {index} on case(s) {', '.join(case_ids) or 'none'}"
-        return WorkerError(item, f"{last}\n{detail}")
+        return WorkerError(item, _one_line(last))
 
     def _fail(self, error: WorkerError) -> NoReturn:
         self._failure = error
@@ -344,6 +344,11 @@ class BackgroundBatches:
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finaliser
             pass
+
+
+def _one_line(text: str) -> str:
+    """An exception text on one line: the CLI's `error:` line; the traceback is in the log."""
+    return " ".join(text.split())
 
 
 def _probable_cause(signal_name: str) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _refused_global(str(exc))
+        if refused is not None:
+            raise CheckpointError(
+                f"{path}: refused, the checkpoint holds a pickled Python object ({refused}) that could run code "
+                f"when loaded; use a checkpoint written by autounet"
+            ) from None
+        if "WeightsUnpickler error:" in str(exc):
+            detail = _one_line(str(exc).split("WeightsUnpickler error:", 1)[1].split(". ", 1)[0])
+            raise CheckpointError(
+                f"{path}: refused, the checkpoint holds data the weights-only loader does not accept ({detail}); "
+                f"use a checkpoint written by autounet"
+            ) from None
+        raise _unloadable(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a loadable checkpoint ({reason}); it is truncated, corrupt or holds pickled "
-            f"objects, which are refused; use another checkpoint or retrain"
-        ) from None
+        raise _unloadable(path, exc) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an autounet checkpoint of format {CHECKPOINT_FORMAT} "
@@ -67,6 +79,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks key(s) {missing}; it is incomplete")
     return state
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_GLOBAL = re.compile(r"GLOBAL (\S+)")
+
+
+def _refused_global(message: str) -> str | None:
+    """The `module.name` torch's weights-only unpickler refused, if its message names one."""
+    match = _GLOBAL.search(message)
+    return match.group(1) if match else None
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """Torch's text reduced to one plain line: no terminal escape codes, no line breaks."""
+    plain = " ".join(_ANSI_ESCAPE.sub("", text).split())
+    return plain[:limit]
+
+
+def _unloadable(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a checkpoint torch cannot read (truncated, corrupt, or not a checkpoint at all)."""
+    first = _ANSI_ESCAPE.sub("", str(exc)).strip().splitlines()
+    reason = _one_line(first[0]) if first else type(exc).__name__
+    return CheckpointError(f"{path}: not a loadable checkpoint ({reason}); it is truncated or corrupt; "
+                           f"use another checkpoint or retrain")
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""Pure helpers of the side-by-side benchmarks (benchmarks/_nnunet.py, train_throughput.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import _nnunet  # noqa: E402
+import train_throughput  # noqa: E402
+
+
+def _nnunet_plans(transpose_forward: list[int]) -> dict:
+    return {
+        "transpose_forward": transpose_forward,
+        "configurations": {"3d_fullres": {
+            "patch_size": [64, 64, 64], "batch_size": 4, "spacing": [1, 1, 1],
+            "architecture": {"network_class_name": "PlainConvUNet", "arch_kwargs": {
+                "n_stages": 2, "features_per_stage": [32, 64], "kernel_sizes": [[3, 3, 3]] * 2,
+                "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [2, 2], "n_conv_per_stage_decoder": [2],
+                "conv_bias": True}},
+        }},
+    }
+
+
+def _autounet_plans(transpose_backward: list[int], architecture: str = "plain_unet") -> dict:
+    return {
+        "transpose_backward": transpose_backward,
+        "configurations": {"3d_fullres": {
+            "patch_size": [20, 40, 80], "batch_size": 2,
+            "network": {"architecture": architecture, "features_per_stage": [16, 32, 64],
+                        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+                        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+                        "n_conv_encoder": [2, 2, 2], "n_conv_decoder": [2, 2], "blocks": []},
+        }},
+    }
+
+
+def test_match_copies_patch_batch_and_topology_in_same_axis_order() -> None:
+    plans, notes = _nnunet.match_nnunet_plans(_nnunet_plans([0, 1, 2]), _autounet_plans([0, 1, 2]), "3d_fullres")
+    cfg = plans["configurations"]["3d_fullres"]
+    kwargs = cfg["architecture"]["arch_kwargs"]
+    assert cfg["patch_size"] == [20, 40, 80] and cfg["batch_size"] == 2
+    assert kwargs["n_stages"] == 3 and kwargs["features_per_stage"] == [16, 32, 64]
+    assert kwargs["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    assert kwargs["n_conv_per_stage_decoder"] == [2, 2]
+    assert kwargs["conv_bias"] is True  # keys autounet has no counterpart for are left alone
+    assert "[64, 64, 64]" in notes[0] and "[20, 40, 80]" in notes[1]
+
+
+def test_match_maps_axes_between_different_transpositions() -> None:
+    # autounet transposed (z, y, x) -> (x, z, y) (backward [1, 2, 0]); its patch [20, 40, 80] is x=20, z=40, y=80.
+    # nnU-Net keeps (z, y, x), so it must get z=40, y=80, x=20.
+    plans, _ = _nnunet.match_nnunet_plans(_nnunet_plans([0, 1, 2]), _autounet_plans([1, 2, 0]), "3d_fullres")
+    cfg = plans["configurations"]["3d_fullres"]
+    assert cfg["patch_size"] == [40, 80, 20]
+    assert cfg["architecture"]["arch_kwargs"]["kernel_sizes"][0] == [3, 3, 1]
+
+
+def test_match_leaves_the_input_unchanged_and_rejects_other_architectures() -> None:
+    original = _nnunet_plans([0, 1, 2])
+    _nnunet.match_nnunet_plans(original, _autounet_plans([0, 1, 2]), "3d_fullres")
+    assert original["configurations"]["3d_fullres"]["patch_size"] == [64, 64, 64]
+    with pytest.raises(ValueError, match="residual"):
+        _nnunet.match_nnunet_plans(original, _autounet_plans([0, 1, 2], "residual_unet"), "3d_fullres")
+
+
+def test_parse_nnunet_epoch_times() -> None:
+    text = ("2026-01-01 10:00:00.1: Epoch 0\n2026-01-01 10:00:09.0: Epoch time: 8.93 s\n"
+            "2026-01-01 10:00:09.0: Epoch 1\n2026-01-01 10:00:15.0: Epoch time: 6 s\nYayy! New best EMA\n")
+    assert _nnunet.parse_nnunet_epoch_times(text) == [8.93, 6.0]
+    assert _nnunet.parse_nnunet_epoch_times("no epochs here") == []
+
+
+def test_nnunet_predict_command_switches_tta_only_by_flag() -> None:
+    python = Path("/venv/bin/python")
+    on = _nnunet.nnunet_predict_command(python, 7, "3d_fullres", Path("i"), Path("o"), "cpu", mirroring=True)
+    off = _nnunet.nnunet_predict_command(python, 7, "3d_fullres", Path("i"), Path("o"), "cpu", mirroring=False)
+    assert on[0] == "/venv/bin/nnUNetv2_predict" and "--disable_tta" not in on
+    assert off == on + ["--disable_tta"]
+    assert on[on.index("-step_size") + 1] == "0.5" and on[on.index("-f") + 1] == "0"
+
+
+def test_summarize_drops_the_warm_up_epoch_and_takes_medians() -> None:
+    runs = [train_throughput.TrainRun(100.0, [30.0, 10.0, 12.0]), train_throughput.TrainRun(90.0, [25.0, 8.0, 8.0])]
+    assert runs[0].steady_epoch_s == 11.0
+    summary = train_throughput.summarize(runs, iters=4, voxels_per_batch=1000)
+    assert summary.steady_epoch_s == pytest.approx(9.5)  # median of 11 and 8
+    assert summary.iters_per_s == pytest.approx(4 / 9.5)
+    assert summary.voxels_per_s == pytest.approx(4000 / 9.5)

@@ -1,0 +1,566 @@
+"""The bad-input catalogue: every broken input, fed to the command that reads it, through the CLI.
+
+Why through `autounet.cli.main`: what a user sees is the CLI's `error: ...` line and its exit
+code, not a Python exception. Each case builds one broken input in a private copy of the demo
+task (the session fixtures are shared and never changed), runs the command, and asserts:
+
+- a non-zero exit code;
+- the error names the offending file or key: one line `error: ...` that is the last line on
+  stderr, or, for the integrity check (which lists every problem of a task at once), a first
+  line `error: N problem(s) found in the task; nothing was written:` followed by exactly N
+  lines `  - <problem>`, each naming a file;
+- nothing was written anywhere: the workspace (raw/, preprocessed/, results/) and the
+  prediction input/output folders are byte-for-byte and mtime-for-mtime as before.
+
+The messages are also the ones listed in docs/troubleshooting.md (the README's troubleshooting
+table); a changed message fails here until that table is updated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from autounet.cli import main
+from autounet.io.images import read_image, read_label, write_image, write_label
+from autounet.pipeline.demo_data import convert_msd_to_nnunet
+from autounet.planners.plans import NetworkPlan, load_plans, save_plans
+
+TASK = "Task01_Demo"
+NNUNET_TASK = "Dataset001_Demo"
+TROUBLESHOOTING = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
+_INTEGRITY_HEAD = re.compile(r"^error: (\d+) problem\(s\) found in the task; nothing was written:$")
+
+
+# ----------------------------------------------------------------------------------------------
+# scene: a private workspace plus prediction folders, all under one temporary root
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Where a case builds its broken input; everything under `root` must stay untouched by the command."""
+
+    root: Path
+
+    @property
+    def ws(self) -> Path:
+        return self.root / "ws"
+
+    @property
+    def task(self) -> Path:
+        return self.ws / "raw" / TASK
+
+    @property
+    def images(self) -> Path:
+        """Prediction input folder."""
+        return self.root / "images"
+
+    @property
+    def predictions(self) -> Path:
+        """Prediction output folder (must not appear after a refused run)."""
+        return self.root / "predictions"
+
+    @property
+    def dataset_json(self) -> Path:
+        return self.task / "dataset.json"
+
+    @property
+    def preprocessed_plans(self) -> Path:
+        return self.ws / "preprocessed" / TASK / "plans.json"
+
+    @property
+    def run_plans(self) -> Path:
+        return self.ws / "results" / TASK / "3d_fullres" / "plans.json"
+
+    def image(self, case: str = "demo_001") -> Path:
+        return self.task / "imagesTr" / f"{case}.nii.gz"
+
+    def label(self, case: str = "demo_001") -> Path:
+        return self.task / "labelsTr" / f"{case}.nii.gz"
+
+    def held_out_image(self) -> Path:
+        return self.task / "imagesTs" / "demo_009.nii.gz"
+
+
+@dataclass(frozen=True)
+class Expect:
+    """The command line to run (without --workspace) and the texts the error must contain."""
+
+    argv: list[str]
+    names: tuple[str, ...]
+
+
+def _plan_and_preprocess(task: str = TASK) -> list[str]:
+    return ["plan_and_preprocess", task, "-np", "0", "--no-progress"]
+
+
+def _predict(scene: Scene, output: Path | None = None) -> list[str]:
+    return ["predict", "-i", str(scene.images), "-o", str(output or scene.predictions), "--device", "cpu",
+            "--disable-tta"]
+
+
+# ----------------------------------------------------------------------------------------------
+# editing helpers
+
+
+def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _patch_nifti_pixdim(path: Path, axis: int, value: float) -> None:
+    """Overwrite pixdim[axis] (1 = x) of a little-endian NIfTI-1 .nii.gz in place, bypassing every writer."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    assert struct.unpack_from("<i", raw, 0)[0] == 348, "expected a little-endian NIfTI-1 header"
+    struct.pack_into("<f", raw, 76 + 4 * axis, value)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def _to_nnunet(scene: Scene, change: Callable[[Path], None] | None = None) -> Path:
+    """Replace the MSD task in raw/ by its nnU-Net layout version and apply `change` to it."""
+    out = convert_msd_to_nnunet(scene.task, scene.ws / "raw")
+    shutil.rmtree(scene.task)
+    if change is not None:
+        change(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the cases; each returns what to run and what the error must name
+
+
+def truncated_image(s: Scene) -> Expect:
+    data = s.image().read_bytes()
+    s.image().write_bytes(data[: len(data) // 2])
+    return Expect(_plan_and_preprocess(), (str(s.image()), "truncated"))
+
+
+def not_an_image(s: Scene) -> Expect:
+    s.image().write_text("patient_id,age\n17,54\n" * 40, encoding="utf-8")
+    return Expect(_plan_and_preprocess(), (str(s.image()), "cannot be read as an image"))
+
+
+def zero_byte_image(s: Scene) -> Expect:
+    s.image().write_bytes(b"")
+    return Expect(_plan_and_preprocess(), (str(s.image()), "0 bytes"))
+
+
+def nan_inf_image(s: Scene) -> Expect:
+    data, geometry = read_image(s.image())
+    image = data[0].astype(np.float32)
+    image[0, 0, :3] = np.nan
+    image[0, 1, :2] = np.inf
+    write_image(image, geometry, s.image())
+    return Expect(_plan_and_preprocess(), (str(s.image()), "5 NaN/inf"))
+
+
+def nnunet_channel_file_4d(s: Scene) -> Expect:
+    def make_4d(root: Path) -> None:
+        path = root / "imagesTr" / "demo_001_0000.nii.gz"
+        data, geometry = read_image(path)
+        write_image(np.concatenate([data, data]), geometry, path)
+
+    root = _to_nnunet(s, make_4d)
+    return Expect(_plan_and_preprocess(NNUNET_TASK), (str(root / "imagesTr" / "demo_001_0000.nii.gz"), "is 4D"))
+
+
+def msd_3d_where_4d_declared(s: Scene) -> Expect:
+    _edit_json(s.dataset_json, lambda d: d.__setitem__("modality", {"0": "MR", "1": "CT"}))
+    return Expect(_plan_and_preprocess(), (str(s.image()), "has 1 channel(s) but dataset.json declares 2"))
+
+
+def nnunet_channel_missing(s: Scene) -> Expect:
+    def declare_two(root: Path) -> None:
+        _edit_json(root / "dataset.json", lambda d: d.__setitem__("channel_names", {"0": "MR", "1": "CT"}))
+
+    root = _to_nnunet(s, declare_two)
+    return Expect(_plan_and_preprocess(NNUNET_TASK),
+                  (str(root / "imagesTr" / "demo_001_0001.nii.gz"), "channel 1 file of case 'demo_001' is missing"))
+
+
+def label_4d(s: Scene) -> Expect:
+    seg, geometry = read_label(s.label())
+    write_image(np.stack([seg, seg]), geometry, s.label())
+    return Expect(_plan_and_preprocess(), (str(s.label()), "label map must be 3D"))
+
+
+def label_float_values(s: Scene) -> Expect:
+    seg, geometry = read_label(s.label())
+    values = seg.astype(np.float32)
+    values[seg == 2] = 0.5
+    write_image(values, geometry, s.label())
+    return Expect(_plan_and_preprocess(), (str(s.label()), "non-integer values (e.g. 0.5)"))
+
+
+def label_undeclared_value(s: Scene) -> Expect:
+    seg, geometry = read_label(s.label())
+    write_label(np.where(seg == 2, 5, seg), geometry, s.label())
+    return Expect(_plan_and_preprocess(), (str(s.label()), "label value(s) 5 are not declared"))
+
+
+def label_shape_mismatch(s: Scene) -> Expect:
+    seg, geometry = read_label(s.label())
+    cropped = seg[:-2]
+    write_label(cropped, dataclasses.replace(geometry, shape=tuple(cropped.shape)), s.label())
+    return Expect(_plan_and_preprocess(), (str(s.label()), "has shape"))
+
+
+def spacing_zero(s: Scene) -> Expect:
+    _patch_nifti_pixdim(s.image(), axis=1, value=0.0)
+    return Expect(_plan_and_preprocess(), (str(s.image()), "must be positive"))
+
+
+def spacing_negative(s: Scene) -> Expect:
+    _patch_nifti_pixdim(s.image(), axis=3, value=-2.0)
+    return Expect(_plan_and_preprocess(), (str(s.image()), "must be positive"))
+
+
+def direction_sheared_nifti(s: Scene) -> Expect:
+    """A sheared sform and no qform: ITK finds no orthonormal definition (nibabel writes it as given)."""
+    image = nib.load(str(s.image()))
+    affine = np.array(image.affine)
+    affine[0, 1] = 0.5 * affine[1, 1] + 0.3
+    out = nib.Nifti1Image(np.asanyarray(image.dataobj), affine)
+    out.set_sform(affine, code=1)
+    out.set_qform(None, code=0)
+    nib.save(out, str(s.image()))
+    return Expect(_plan_and_preprocess(), (str(s.image()), "orthonormal"))
+
+
+def direction_scaled_mha(s: Scene) -> Expect:
+    """MetaImage keeps the direction matrix verbatim, so autounet's own orthonormality check meets it."""
+    data, geometry = read_image(s.image())
+    scaled = tuple(v * 2.0 if i < 3 else v for i, v in enumerate(geometry.direction))
+    mha = s.task / "imagesTr" / "demo_001.mha"
+    write_image(data[0], dataclasses.replace(geometry, direction=scaled), mha)
+
+    def point_to_mha(d: dict) -> None:
+        d["training"][0]["image"] = "./imagesTr/demo_001.mha"
+
+    _edit_json(s.dataset_json, point_to_mha)
+    return Expect(_plan_and_preprocess(), (str(mha), "direction matrix in the header is not orthonormal"))
+
+
+def dataset_json_trailing_comma(s: Scene) -> Expect:
+    text = s.dataset_json.read_text(encoding="utf-8").rstrip()
+    assert text.endswith("}")
+    s.dataset_json.write_text(text[:-1].rstrip() + ",\n}\n", encoding="utf-8")
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "trailing comma at line"))
+
+
+def dataset_json_missing_key(s: Scene) -> Expect:
+    _edit_json(s.dataset_json, lambda d: d.pop("labels"))
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "missing required key 'labels'"))
+
+
+def nnunet_dataset_json_missing_key(s: Scene) -> Expect:
+    root = _to_nnunet(s, lambda r: _edit_json(r / "dataset.json", lambda d: d.pop("file_ending")))
+    return Expect(_plan_and_preprocess(NNUNET_TASK), (str(root / "dataset.json"), "'file_ending'"))
+
+
+def num_training_mismatch(s: Scene) -> Expect:
+    _edit_json(s.dataset_json, lambda d: d.__setitem__("numTraining", 9))
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "'numTraining' is 9"))
+
+
+def nnunet_num_training_mismatch(s: Scene) -> Expect:
+    def drop_case(root: Path) -> None:
+        (root / "imagesTr" / "demo_008_0000.nii.gz").unlink()
+        (root / "labelsTr" / "demo_008.nii.gz").unlink()
+
+    root = _to_nnunet(s, drop_case)
+    return Expect(_plan_and_preprocess(NNUNET_TASK), (str(root / "dataset.json"), "'numTraining' is 8"))
+
+
+def duplicate_case_id(s: Scene) -> Expect:
+    _edit_json(s.dataset_json, lambda d: d["training"].append(dict(d["training"][0])))
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "case id 'demo_001' more than once"))
+
+
+def _bad_patch(path: Path, patch: list[int]) -> None:
+    _edit_json(path, lambda d: d["configurations"]["3d_fullres"].__setitem__("patch_size", patch))
+
+
+def plans_patch_not_divisible(s: Scene) -> Expect:
+    _bad_patch(s.preprocessed_plans, [30, 48, 48])
+    return Expect(["plans", "Task01"], (str(s.preprocessed_plans), "3d_fullres.patch_size", "not divisible"))
+
+
+def train_plans_patch_not_divisible(s: Scene) -> Expect:
+    _bad_patch(s.preprocessed_plans, [30, 48, 48])
+    return Expect(["train", "3d_fullres", "fold", "0", "--device", "cpu", "--workers", "0"],
+                  (str(s.preprocessed_plans), "3d_fullres.patch_size", "not divisible"))
+
+
+def predict_run_plans_patch_not_divisible(s: Scene) -> Expect:
+    _bad_patch(s.run_plans, [15, 16, 16])
+    s.images.mkdir()
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0001.nii.gz")
+    return Expect(_predict(s), (str(s.run_plans), "3d_fullres.patch_size", "not divisible"))
+
+
+def predict_missing_channel(s: Scene) -> Expect:
+    s.images.mkdir()
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
+    return Expect(_predict(s), (str(s.images / "demo_009_0001.nii.gz"), "channel 1 of case 'demo_009' is missing"))
+
+
+def predict_3d_file_for_two_channel_model(s: Scene) -> Expect:
+    s.images.mkdir()
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009.nii.gz")
+    return Expect(_predict(s), (str(s.images / "demo_009.nii.gz"), "has 1 channel(s) but the model expects 2"))
+
+
+def predict_empty_input(s: Scene) -> Expect:
+    s.images.mkdir()
+    return Expect(_predict(s), (str(s.images), "no input images"))
+
+
+def predict_output_is_input(s: Scene) -> Expect:
+    s.images.mkdir()
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
+    return Expect(_predict(s, output=s.images), (str(s.images), "the output folder is the input folder"))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the catalogue. `planned`: the workspace already holds plans and a trained run."""
+
+    build: Callable[[Scene], Expect]
+    planned: bool = False
+    integrity: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.build.__name__
+
+
+CASES: tuple[Case, ...] = (
+    Case(truncated_image, integrity=True),
+    Case(not_an_image, integrity=True),
+    Case(zero_byte_image, integrity=True),
+    Case(nan_inf_image, integrity=True),
+    Case(nnunet_channel_file_4d, integrity=True),
+    Case(msd_3d_where_4d_declared, integrity=True),
+    Case(nnunet_channel_missing, integrity=True),
+    Case(label_4d, integrity=True),
+    Case(label_float_values, integrity=True),
+    Case(label_undeclared_value, integrity=True),
+    Case(label_shape_mismatch, integrity=True),
+    Case(spacing_zero, integrity=True),
+    Case(spacing_negative, integrity=True),
+    Case(direction_sheared_nifti, integrity=True),
+    Case(direction_scaled_mha, integrity=True),
+    Case(dataset_json_trailing_comma),
+    Case(dataset_json_missing_key),
+    Case(nnunet_dataset_json_missing_key),
+    Case(num_training_mismatch),
+    Case(nnunet_num_training_mismatch),
+    Case(duplicate_case_id),
+    Case(plans_patch_not_divisible, planned=True),
+    Case(train_plans_patch_not_divisible, planned=True),
+    Case(predict_run_plans_patch_not_divisible, planned=True),
+    Case(predict_missing_channel, planned=True),
+    Case(predict_3d_file_for_two_channel_model, planned=True),
+    Case(predict_empty_input, planned=True),
+    Case(predict_output_is_input, planned=True),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(autouse=True)
+def _restore_cli_logging() -> Iterator[None]:
+    """main() binds a log handler to the sys.stdout of its first call (capsys's); drop it afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if getattr(h, "_autounet", False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def planned_workspace(demo_task_3d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with plans for the demo task and a tiny untrained two-channel 3d_fullres 'trained' run.
+
+    The run's plans are hand-made small (2 stages, 4/8 features, patch 16^3) so that the
+    checkpoint is a few kB; two channels let prediction-time channel errors show.
+    """
+    from autounet.networks.registry import build_network
+    from autounet.training.checkpoint import save_checkpoint
+
+    ws = tmp_path_factory.mktemp("planned") / "ws"
+    shutil.copytree(demo_task_3d, ws / "raw" / TASK)
+    rc = main(_plan_and_preprocess() + ["--plan-only", "--workspace", str(ws)])
+    assert rc == 0
+    plans = load_plans(ws / "preprocessed" / TASK / "plans.json")
+    cfg = plans.configurations["3d_fullres"]
+    network = NetworkPlan(architecture="plain_unet", features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2,
+                          strides=[[1, 1, 1], [2, 2, 2]], n_conv_encoder=[1, 1], n_conv_decoder=[1])
+    tiny = dataclasses.replace(cfg, patch_size=[16, 16, 16], network=network, normalization=cfg.normalization * 2,
+                               use_mask_for_norm=cfg.use_mask_for_norm * 2, next_stage=None, previous_stage=None)
+    intensity = plans.foreground_intensity_properties["0"]
+    run_plans = dataclasses.replace(plans, channel_names={"0": "MR", "1": "MR"},
+                                    foreground_intensity_properties={"0": intensity, "1": intensity},
+                                    configurations={"3d_fullres": tiny})
+    run_dir = ws / "results" / TASK / "3d_fullres"
+    save_plans(run_plans, run_dir / "plans.json")
+    net = build_network("plain_unet", network, in_channels=2, num_classes=run_plans.num_classes)
+    save_checkpoint(run_dir / "fold_0" / "checkpoint_final.pt", {
+        "format": 1, "network": net.state_dict(), "network_name": "plain_unet", "configuration": "3d_fullres",
+        "mirror_axes": [0, 1, 2]})
+    return ws
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every folder and file under `root` with its size and mtime: any write changes it."""
+    out: dict[str, tuple[int, int]] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            st = path.lstat()
+            out[str(path.relative_to(root))] = (st.st_size if name in files else -1, st.st_mtime_ns)
+    return out
+
+
+def normalise(text: str, scene: Scene) -> str:
+    """A message with this run's temporary paths replaced by `<ws>` and `<dir>`, as in the docs table."""
+    return text.replace(str(scene.ws), "<ws>").replace(str(scene.root), "<dir>")
+
+
+def documented_lines(block: list[str], case: Case) -> list[str]:
+    """The lines of an error the troubleshooting table quotes: the message, or the head and first problem."""
+    if case.integrity:
+        return [block[0], block[1].strip()]
+    return block
+
+
+# ----------------------------------------------------------------------------------------------
+# the test
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_in_one_line_naming_it(
+    case: Case, request: pytest.FixtureRequest, demo_task_3d: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene = Scene(tmp_path.resolve())
+    if case.planned:
+        shutil.copytree(request.getfixturevalue("planned_workspace"), scene.ws)
+    else:
+        shutil.copytree(demo_task_3d, scene.task)
+    expect = case.build(scene)
+    monkeypatch.chdir(scene.root)
+    before = _snapshot(scene.root)
+    capsys.readouterr()
+
+    rc = main([*expect.argv, "--workspace", str(scene.ws)])
+
+    stderr = capsys.readouterr().err
+    assert rc != 0, stderr
+    lines = stderr.rstrip("\n").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(starts) == 1, f"expected exactly one 'error:' line on stderr:\n{stderr}"
+    block = lines[starts[0]:]
+    if case.integrity:
+        head = _INTEGRITY_HEAD.match(block[0])
+        assert head, f"integrity errors start with the problem count:\n{stderr}"
+        problems = block[1:]
+        assert len(problems) == int(head.group(1)), stderr
+        assert all(p.startswith("  - ") and str(scene.ws) in p for p in problems), f"a problem names no file:\n{stderr}"
+        assert any(all(n in p for n in expect.names) for p in problems), f"no problem names {expect.names}:\n{stderr}"
+    else:
+        assert len(block) == 1, f"the error must be the last line on stderr, and one line:\n{stderr}"
+        missing = [n for n in expect.names if n not in block[0]]
+        assert not missing, f"the error does not name {missing}:\n{block[0]}"
+    assert _snapshot(scene.root) == before, "the refused command wrote or changed files"
+
+    table = TROUBLESHOOTING.read_text(encoding="utf-8").replace("\\|", "|")
+    for line in documented_lines(block, case):
+        assert normalise(line, scene) in table, f"docs/troubleshooting.md lacks this message of {case.id}:\n" \
+                                                 f"{normalise(line, scene)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# prediction: a broken case fails alone (the others are still predicted), exit code 1
+
+
+@pytest.fixture
+def predict_scene(planned_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scene:
+    """A private copy of the planned workspace and an empty prediction input folder; cwd is its root."""
+    scene = Scene(tmp_path.resolve())
+    shutil.copytree(planned_workspace, scene.ws)
+    scene.images.mkdir()
+    monkeypatch.chdir(scene.root)
+    return scene
+
+
+def _run_failing_prediction(scene: Scene, capsys: pytest.CaptureFixture[str]) -> str:
+    """Predict scene.images; return the last stderr line after checking exit code and untouched workspace."""
+    before = _snapshot(scene.ws)
+    capsys.readouterr()
+    rc = main([*_predict(scene), "--workspace", str(scene.ws)])
+    stderr = capsys.readouterr().err
+    assert rc != 0, stderr
+    assert _snapshot(scene.ws) == before, "prediction changed the workspace"
+    assert not (scene.predictions / "demo_009.nii.gz").exists(), "a prediction was written for the broken case"
+    return stderr.rstrip("\n").splitlines()[-1]
+
+
+def test_unreadable_case_at_prediction_names_case_and_file(
+    predict_scene: Scene, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = predict_scene.images / "demo_009_0000.nii.gz"
+    data = predict_scene.held_out_image().read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    shutil.copyfile(predict_scene.held_out_image(), predict_scene.images / "demo_009_0001.nii.gz")
+
+    last = _run_failing_prediction(predict_scene, capsys)
+
+    assert last.startswith(f"error: demo_009: {broken}: cannot be read as an image (truncated")
+    assert sorted(p.name for p in predict_scene.predictions.iterdir()) == ["predict_info.json"]
+    assert normalise(last, predict_scene) in TROUBLESHOOTING.read_text(encoding="utf-8")
+
+
+def test_4d_channel_file_at_prediction_names_the_file(
+    predict_scene: Scene, capsys: pytest.CaptureFixture[str]
+) -> None:
+    four_d = predict_scene.images / "demo_009_0000.nii.gz"
+    data, geometry = read_image(predict_scene.held_out_image())
+    write_image(np.concatenate([data, data]), geometry, four_d)
+    shutil.copyfile(predict_scene.held_out_image(), predict_scene.images / "demo_009_0001.nii.gz")
+
+    last = _run_failing_prediction(predict_scene, capsys)
+
+    assert str(four_d) in last and "is 4D" in last
+
+
+def test_nan_image_at_prediction_is_refused(predict_scene: Scene, capsys: pytest.CaptureFixture[str]) -> None:
+    _, geometry = read_image(predict_scene.held_out_image())
+    tiny = dataclasses.replace(geometry, shape=(6, 10, 10))  # small, so the unfixed code predicts it quickly
+    image = np.full((6, 10, 10), 100.0, dtype=np.float32)
+    image[0, 0, :3] = np.nan
+    write_image(image, tiny, predict_scene.images / "demo_009_0000.nii.gz")
+    write_image(np.full((6, 10, 10), 100.0, dtype=np.float32), tiny, predict_scene.images / "demo_009_0001.nii.gz")
+
+    last = _run_failing_prediction(predict_scene, capsys)
+
+    assert str(predict_scene.images / "demo_009_0000.nii.gz") in last and "NaN/inf" in last
