@@ -12,7 +12,7 @@ task (the session fixtures are shared and never changed), runs the command, and 
 - nothing was written anywhere: the workspace (raw/, preprocessed/, results/) and the
   prediction input/output folders are byte-for-byte and mtime-for-mtime as before.
 
-The messages are also the ones listed in docs/troubleshooting.md (the README's troubleshooting
+The messages are also the ones listed in the README's troubleshooting section (the
 table); a changed message fails here until that table is updated.
 """
 
@@ -41,7 +41,7 @@ from autounet.planners.plans import NetworkPlan, load_plans, save_plans
 
 TASK = "Task01_Demo"
 NNUNET_TASK = "Dataset001_Demo"
-TROUBLESHOOTING = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
+TROUBLESHOOTING = Path(__file__).resolve().parents[1] / "README.md"
 _INTEGRITY_HEAD = re.compile(r"^error: (\d+) problem\(s\) found in the task; nothing was written:$")
 
 
@@ -495,7 +495,7 @@ def test_bad_input_is_refused_in_one_line_naming_it(
 
     table = TROUBLESHOOTING.read_text(encoding="utf-8").replace("\\|", "|")
     for line in documented_lines(block, case):
-        assert normalise(line, scene) in table, f"docs/troubleshooting.md lacks this message of {case.id}:\n" \
+        assert normalise(line, scene) in table, f"README.md (Troubleshooting) lacks this message of {case.id}:\n" \
                                                  f"{normalise(line, scene)}"
 
 
