@@ -29,7 +29,12 @@ class PlanAndPreprocessResult:
 
 
 def default_gpu_memory_gb() -> tuple[float, str]:
-    """Memory of the CUDA GPU present, else 8 GB; returns the value and where it came from."""
+    """Memory of the CUDA GPU present, else 8 GB; returns the value and where it came from.
+
+    Importing torch costs seconds, so it is only asked when an NVIDIA driver is present.
+    """
+    if not Path("/proc/driver/nvidia").exists() and shutil.which("nvidia-smi") is None:
+        return DEFAULT_GPU_MEMORY_GB, "default (no CUDA GPU found)"
     try:
         import torch
 

@@ -25,7 +25,10 @@ def nonzero_mask(image: np.ndarray) -> np.ndarray:
     if image.ndim < 2:
         raise ValueError(f"expected a channel-first image (C, ...), got shape {image.shape}")
     mask = np.any(image != 0, axis=0)
-    return binary_fill_holes(mask)
+    box = bbox_slices(bounding_box(mask))
+    filled = np.zeros_like(mask)
+    filled[box] = binary_fill_holes(mask[box])
+    return filled
 
 
 def bounding_box(mask: np.ndarray) -> list[list[int]]:
