@@ -3,7 +3,8 @@
 Writes the demo task into the workspace, plans it for a small memory target (a CPU has no
 GPU memory to plan for, and small patches keep a CPU epoch short), preprocesses, trains
 fold 0 of the 3D (or 2D) configuration for a short budget that is recorded in the run's
-name, predicts the held-out cases, evaluates them and writes the HTML report.
+name, predicts the held-out cases, evaluates them and writes the HTML report. Test-time
+mirroring is off in the demo: on a CPU it multiplies prediction time by 8 in 3D.
 """
 
 from __future__ import annotations
@@ -61,14 +62,15 @@ def run_demo(workspace: Workspace, two_d: bool = False, epochs: int | None = Non
 
     _step(3, total, f"training {configuration} fold 0")
     settings = TrainingSettings(epochs=epochs or default_epochs, iters_per_epoch=iters_per_epoch or default_iters,
-                                val_iters=DEMO_VAL_ITERS, device=device, workers=workers)
+                                val_iters=DEMO_VAL_ITERS, device=device, workers=workers,
+                                validation_mirroring=False)
     fold_dir = run_training(workspace, task.name, configuration, 0, settings)
 
     _step(4, total, "predicting the held-out demo cases")
     predictions = workspace.results(task.name) / "demo_predictions"
     inputs = task_dir / "imagesTs"
     report = predict_folder(workspace, inputs, predictions, task=task.name, configuration=fold_dir.parent.name,
-                            device=device)
+                            device=device, use_mirroring=False)
     if report.failed:
         from autounet.errors import AutounetError
 

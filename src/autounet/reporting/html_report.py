@@ -37,7 +37,7 @@ color:#222;line-height:1.4;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:2px solid #4363d8;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#eef}
-td.l,th.l{text-align:left}.bad{background:#fdd}.note{color:#666;font-size:.9em}
+td.l,th.l{text-align:left}.bad{background:#fdd}.best{background:#dfd}.note{color:#666;font-size:.9em}
 img{max-width:100%;border:1px solid #ddd;margin:.3em 0}
 .grid{display:flex;flex-wrap:wrap;gap:1em}.grid figure{margin:0}
 figcaption{font-size:.85em;color:#444}
@@ -53,6 +53,7 @@ class ReportData:
     plans: Any = None
     runs: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     validation: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
     overlays: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -126,12 +127,18 @@ def gather(workspace: Workspace, task: str, max_overlays: int = 6) -> ReportData
                 summary = fold / "validation" / "summary.json"
                 if summary.is_file():
                     data.validation.setdefault(run.name, {})[fold.name] = json.loads(summary.read_text("utf-8"))
+        best = results / "best_configuration.json"
+        if best.is_file():
+            try:
+                data.best = json.loads(best.read_text("utf-8"))
+            except json.JSONDecodeError:
+                log.warning("%s: unreadable, the model selection is left out of the report", best)
     data.overlays = _validation_overlays(workspace, task, data, max_overlays)
     return data
 
 
 def _validation_overlays(workspace: Workspace, task: str, data: ReportData, limit: int) -> list[tuple[str, bytes]]:
-    """Overlays of the worst and best validation cases of the first run that has predictions."""
+    """Overlays of the worst and best validation cases of the selected run (else the first one)."""
     from autounet.io.images import read_channels, read_label
     from autounet.reporting.overlay import render_overlay
 
@@ -147,12 +154,15 @@ def _validation_overlays(workspace: Workspace, task: str, data: ReportData, limi
     images = {c.case_id: c.images for c in raw.training}
     names = {v: k for k, v in raw.labels.items()}
     out: list[tuple[str, bytes]] = []
-    run_name, folds = next(iter(data.validation.items()))
+    selected = [r for r in (data.best or {}).get("selected", {}).get("run_names", []) if r in data.validation]
+    run_name = selected[0] if selected else next(iter(data.validation))
+    folds = data.validation[run_name]
     per_case = []
     for fold_name, summary in folds.items():
         for case_id, dice in case_dice_rows(summary):
-            per_case.append((dice, case_id, fold_name))
-    per_case.sort(key=lambda t: (math.isnan(t[0]), t[0]))
+            if not math.isnan(dice):  # both maps empty: nothing to look at
+                per_case.append((dice, case_id, fold_name))
+    per_case.sort(key=lambda t: t[0])
     chosen = per_case[: limit // 2] + per_case[::-1][: limit - limit // 2]
     seen: set[str] = set()
     for dice, case_id, fold_name in chosen:
@@ -317,6 +327,21 @@ def _section_cv(data: ReportData) -> str:
     return "".join(parts)
 
 
+def _model_selection(data: ReportData) -> str:
+    """The find_best_configuration choice: every candidate's Dice and the chosen postprocessing."""
+    best = data.best
+    if not best:
+        return ("<p class=note>No model selection yet: run <code>autounet find_best_configuration "
+                f"{_esc(data.task)}</code>.</p>")
+    chosen = best.get("selected", {}).get("name")
+    rows = [[c.get("name"), c.get("kind"), ", ".join(map(str, c.get("folds", []))), c.get("num_cases", ""),
+             c.get("foreground_mean_dice")] for c in best.get("candidates", [])]
+    out = _table(["candidate", "kind", "folds", "cases", "foreground Dice"], rows, left=3,
+                 row_classes=["best" if r[0] == chosen else "" for r in rows])
+    out += f"<p>Selected: <b>{_esc(chosen)}</b>. {_esc(best.get('postprocessing_summary') or 'No postprocessing.')}</p>"
+    return "<h3>Model selection (find_best_configuration)</h3>" + out
+
+
 def _section_overlays(data: ReportData) -> str:
     if not data.overlays:
         return "<p class=note>No validation predictions to show yet.</p>"
@@ -332,7 +357,7 @@ def render_html(data: ReportData) -> str:
         "<h2 id='fingerprint'>Dataset fingerprint</h2>", _section_fingerprint(data),
         "<h2 id='plans'>Plans</h2>", _section_plans(data),
         "<h2 id='training'>Training curves</h2>", _section_training(data),
-        "<h2 id='cross-validation'>Cross-validation Dice</h2>", _section_cv(data),
+        "<h2 id='cross-validation'>Cross-validation Dice</h2>", _section_cv(data) + _model_selection(data),
         "<h2 id='overlays'>Overlays</h2>", _section_overlays(data),
     ]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

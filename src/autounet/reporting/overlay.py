@@ -7,7 +7,7 @@ cut across the coarsest axis so that anisotropic scans are shown in their native
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -22,11 +22,31 @@ CLASS_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4
                  "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000")
 
 
-def slice_axis(spacing_zyx: Sequence[float] | None) -> int:
-    """Axis to cut across: the coarsest one (ties: the first), axis 0 without spacing."""
+def slice_axis(spacing_zyx: Sequence[float] | None, shape: Sequence[int] | None = None) -> int:
+    """Axis to cut across: the singleton axis of 2D data, else the coarsest one (ties: the first).
+
+    2D data comes first because its in-plane spacing may well be coarser than the nominal
+    spacing of its single slice, and cutting across an in-plane axis would show one line.
+    Without spacing, axis 0.
+    """
+    if shape is not None and len(shape) == 3 and max(shape) > 1:
+        singleton = [axis for axis, size in enumerate(shape) if size == 1]
+        if singleton:
+            return singleton[0]
     if spacing_zyx is None:
         return 0
     return int(np.argmax(np.asarray(spacing_zyx)))
+
+
+def class_colour(value: int, label_values: Collection[int] | None = None) -> str:
+    """Colour of a label value: its rank among the task's foreground labels (without them, value - 1).
+
+    The colour depends on the class, not on which classes a slice happens to show, so a class
+    keeps its colour across the pictures of a report.
+    """
+    foreground = sorted(v for v in (label_values or ()) if v > 0)
+    rank = foreground.index(value) if value in foreground else value - 1
+    return CLASS_COLOURS[rank % len(CLASS_COLOURS)]
 
 
 def largest_foreground_slice(seg: np.ndarray, axis: int) -> int:
@@ -68,7 +88,7 @@ def render_overlay(
     for name, seg in maps:
         if seg.shape != image.shape:
             raise ValueError(f"{name} shape {seg.shape} differs from image shape {image.shape}")
-    axis = slice_axis(spacing_zyx)
+    axis = slice_axis(spacing_zyx, image.shape)
     chooser = reference if reference is not None and np.any(reference > 0) else prediction
     index = largest_foreground_slice(chooser if chooser is not None else np.zeros(image.shape), axis)
     plane = _take(image, axis, index)
@@ -84,15 +104,15 @@ def render_overlay(
         ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         if seg is not None:
             seg_plane = _take(seg, axis, index)
-            for k, value in enumerate(labels_present):
+            for value in labels_present:
                 mask = (seg_plane == value).astype(float)
                 if mask.any():
-                    ax.contour(mask, levels=[0.5], colors=[CLASS_COLOURS[k % len(CLASS_COLOURS)]], linewidths=1.4)
+                    ax.contour(mask, levels=[0.5], colors=[class_colour(value, label_names)], linewidths=1.4)
         ax.set_title(f"{name} (axis {axis}, slice {index})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     if labels_present:
-        handles = [plt.Line2D([0], [0], color=CLASS_COLOURS[k % len(CLASS_COLOURS)], lw=2) for k in range(len(labels_present))]
+        handles = [plt.Line2D([0], [0], color=class_colour(v, label_names), lw=2) for v in labels_present]
         names = [(label_names or {}).get(v, str(v)) for v in labels_present]
         fig.legend(handles, names, loc="lower center", ncol=min(6, len(names)), fontsize=8, frameon=False)
     if title:

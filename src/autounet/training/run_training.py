@@ -149,6 +149,7 @@ def validate_fold(
     save_probabilities: bool = False,
     previous_stage_dir: Path | None = None,
     next_stage: tuple[Path, Path] | None = None,
+    use_mirroring: bool = True,
 ) -> dict[str, Any] | None:
     """Predict every validation case on its original grid, write validation/, evaluate it.
 
@@ -162,7 +163,7 @@ def validate_fold(
     from autounet.preprocessing.case_store import CaseStore
 
     cfg = plans.configuration(configuration_name)
-    mirror_axes = list(cfg.mirror_axes if cfg.mirror_axes is not None else range(cfg.dims))
+    mirror_axes = list(cfg.mirror_axes if cfg.mirror_axes is not None else range(cfg.dims)) if use_mirroring else []
     store = CaseStore(data_folder)
     next_store = CaseStore(next_stage[1]) if next_stage is not None else None
     val_dir = fold_dir / "validation"
@@ -329,7 +330,8 @@ def run_training(
                         next_stage = (out, preprocessed / plans.configuration(cfg.next_stage).data_identifier)
                     summary = validate_fold(trainer.network, plans, configuration, data_folder, val_ids, fold_dir,
                                             preprocessed / "gt_segmentations", trainer.device,
-                                            settings.save_probabilities, previous_dir, next_stage)
+                                            settings.save_probabilities, previous_dir, next_stage,
+                                            use_mirroring=settings.validation_mirroring)
                     ema = state.ema_dice if state.ema_dice is not None else float("nan")
                     if summary is not None:
                         log.info("fold %s: mean foreground Dice on %d validation cases %.4f (final pseudo Dice "

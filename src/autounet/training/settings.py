@@ -47,6 +47,7 @@ class TrainingSettings:
     save_probabilities: bool = _free(False)
     resume: bool = _free(False)
     validate_at_end: bool = _free(True)
+    validation_mirroring: bool = _free(True)
 
     def validate(self, where: str = "training settings") -> None:
         """Reject impossible values with a message naming the option."""
