@@ -120,7 +120,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     for fold in folds:
         fold_dir = run_training(ws, task, args.configuration, fold, settings)
         print(f"fold {fold} finished: {fold_dir}")
+    _refresh_report(ws, task)
     return 0
+
+
+def _refresh_report(ws: Workspace, task: str) -> None:
+    from autounet.reporting.html_report import refresh_report
+
+    path = refresh_report(ws, task)
+    if path is not None:
+        print(f"report: {path}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -168,6 +177,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               num_workers=args.num_workers)
     print(format_summary(summary, names))
     print(f"summary: {Path(args.pred) / 'summary.json'}")
+    if args.task:
+        from autounet.pipeline.task_names import find_task_name
+
+        ws = _workspace(args)
+        try:
+            name = find_task_name(args.task, ws, require_preprocessed=True)
+        except AutounetError:
+            return 0
+        _refresh_report(ws, name)
     return 0
 
 
@@ -196,6 +214,7 @@ def cmd_find_best(args: argparse.Namespace) -> int:
                                      allow_ensembles=not args.no_ensembles, num_workers=args.num_workers)
     print((ws.results(name) / "best_configuration.txt").read_text(encoding="utf-8")
           if (ws.results(name) / "best_configuration.txt").is_file() else result)
+    _refresh_report(ws, name)
     return 0
 
 

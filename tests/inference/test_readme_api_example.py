@@ -1,7 +1,7 @@
 """The README's Python API example runs as written against a trained model.
 
-The example is taken from README.md's "Python API" section (first ```python block), or from
-docs/python_api.md until the README has that section. Its two path lines, `run_dir = ...` and
+The example is taken from README.md's "Python API" section (first ```python block). Its two
+path lines, `run_dir = ...` and
 `image_file = ...`, are pointed at the end-to-end run of tests/test_end_to_end.py; everything
 else runs verbatim.
 """
@@ -56,12 +56,11 @@ def point_example_at(code: str, run_dir: Path, image_file: Path) -> str:
 
 
 def _example_source() -> tuple[str, str]:
-    for path in (ROOT / "README.md", ROOT / "docs" / "python_api.md"):
-        if path.is_file():
-            code = api_example(path.read_text(encoding="utf-8"))
-            if code is not None:
-                return code, path.name
-    pytest.fail("no ```python block under a '## Python API' heading in README.md or docs/python_api.md")
+    path = ROOT / "README.md"
+    code = api_example(path.read_text(encoding="utf-8"))
+    if code is None:
+        pytest.fail("no ```python block under a '## Python API' heading in README.md")
+    return code, path.name
 
 
 def test_api_example_is_found_in_markdown() -> None:

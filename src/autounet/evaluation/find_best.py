@@ -216,7 +216,7 @@ def find_best_configuration(
     decision = determine_postprocessing(best_folder, gt_dir, fg_labels, num_workers=num_workers)
     pp_path = (results_dir / best["run_names"][0] if best["kind"] == "single" else best_folder) / POSTPROCESSING_FILE
     save_postprocessing(decision, pp_path)
-    log.info("selected %s; %s", best["name"], decision.describe())
+    log.info("selected %s; postprocessing: %s", best["name"], decision.describe())
 
     result: dict[str, Any] = {
         "task": task,
@@ -236,7 +236,7 @@ def find_best_configuration(
     table = format_candidates(candidates, label_names, selected=best["name"])
     write_text(results_dir / "best_configuration.txt",
                f"Model selection for {task} (cross-validation, foreground-mean Dice)\n\n{table}\n\n"
-               f"{decision.describe()}\n")
+               f"postprocessing: {decision.describe()}\n")
     return result
 
 

@@ -37,6 +37,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None, durab
                                     suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         if durable:
@@ -46,6 +47,13 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None, durab
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    """The process umask (mkstemp creates 0600 files; outputs must get normal permissions)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

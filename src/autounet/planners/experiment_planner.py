@@ -151,9 +151,9 @@ def fit_patch_and_batch(
                         f"{'256^3' if len(spacing) == 3 else '2048^2'}, clipped to median {_fmt(median_shape)}, "
                         f"padded to multiples of {_fmt(topo.divisor)}); fits at batch 2 "
                         f"({_gb(first_estimate)} <= {_gb(budget.bytes)})")
-    batch_reason = (f"{batch}: {fit} fit(s) in {_gb(budget.bytes)}; {budget.batch_cap_fraction:g} of the dataset's "
-                    f"~{dataset_voxels:.3g} voxels caps at {cap}; minimum {MIN_BATCH_SIZE}; "
-                    f"estimated peak {_gb(est)}")
+    batch_reason = (f"{batch}: up to {fit} fit in {_gb(budget.bytes)}; one batch may cover at most "
+                    f"{budget.batch_cap_fraction:.0%} of the dataset's ~{dataset_voxels:.3g} voxels, i.e. {cap} "
+                    f"patch(es); at least {MIN_BATCH_SIZE}; estimated peak {_gb(est)}")
     topo_reason = (f"{topo.n_stages} stages, strides {topo.strides}, kernels "
                    f"{topo.kernel_sizes}, total stride {_fmt(topo.divisor)}, bottleneck "
                    f"{_fmt(topo.shape_per_stage[-1])}, features {net.features_per_stage} ({net.architecture})")

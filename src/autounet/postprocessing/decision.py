@@ -83,7 +83,7 @@ class PostprocessingDecision:
         if self.keep_largest_per_label:
             steps.append("keep largest component of label(s) " + ", ".join(map(str, self.keep_largest_per_label)))
         what = "; ".join(steps) if steps else "none"
-        return (f"postprocessing: {what} (foreground Dice {self.foreground_mean_before:.4f} -> "
+        return (f"{what} (foreground Dice {self.foreground_mean_before:.4f} -> "
                 f"{self.foreground_mean_after:.4f} on {self.num_cases} cases)")
 
 
@@ -225,7 +225,7 @@ def postprocess_folder(
     if not files:
         raise DatasetError(f"{in_dir}: no label maps found to postprocess")
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("%s", decision.describe())
+    log.info("postprocessing: %s", decision.describe())
     names = sorted(files)
     items = [(str(files[n]), str(out_dir / n), to_dict(decision)) for n in names]
     written = run_parallel(_postprocess_item, items, names, num_workers, desc="postprocess",

@@ -372,3 +372,12 @@ def write_report(workspace: Workspace, task: str, output: Path | None = None) ->
     write_text(out, render_html(data))
     log.info("report written to %s", out)
     return out
+
+
+def refresh_report(workspace: Workspace, task: str) -> Path | None:
+    """Rewrite the task's report after a stage finished; a report problem never fails the stage."""
+    try:
+        return write_report(workspace, task)
+    except Exception as exc:  # noqa: BLE001 - the report is a by-product of the stage that just succeeded
+        log.warning("report not updated (%s: %s); run `autounet report %s` to retry", type(exc).__name__, exc, task)
+        return None
