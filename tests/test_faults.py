@@ -8,6 +8,7 @@ taken for a finished one.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -85,9 +86,11 @@ def test_preprocessing_killed_mid_write_then_rerun_completes(workspace: Path) ->
         assert data.shape[1:] == seg.shape and np.isfinite(np.asarray(data)).all()
 
 
-@pytest.fixture()
-def trained(workspace: Path) -> Path:
-    """A (barely) trained 3d_fullres fold 0 on the small demo task."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, demo_task_3d: Path) -> Path:
+    """A (barely) trained 3d_fullres fold 0 on the small demo task, shared by the prediction tests."""
+    workspace = tmp_path_factory.mktemp("faults") / "ws"
+    shutil.copytree(demo_task_3d, workspace / "raw" / demo_task_3d.name)
     for args in (["plan_and_preprocess", "Task01", "-np", "0", "-c", "3d_fullres", "--gpu-memory", "1",
                   "--no-progress"],
                  ["train", "3d_fullres", "fold", "0", "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1",
@@ -100,7 +103,7 @@ def trained(workspace: Path) -> Path:
 def test_prediction_killed_between_cases_then_continue(trained: Path) -> None:
     """SIGKILL after the first written prediction; `--continue` writes only the rest."""
     images = trained / "raw" / "Task01_Demo" / "imagesTs"
-    out = trained / "preds"
+    out = trained / "preds_killed"
     killed = _run(f"""
         import os, signal
         import autounet.inference.predict_folder as pf
@@ -125,4 +128,59 @@ def test_prediction_killed_between_cases_then_continue(trained: Path) -> None:
     expected = sorted(p.name for p in images.glob("*.nii.gz"))
     assert sorted(p.name for p in out.glob("*.nii.gz")) == expected
     assert (out / written[0]).stat().st_mtime_ns == first_mtime, "a finished prediction was redone"
+    assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def _disk_full(*_: object, **__: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_preprocessing_is_one_line_and_keeps_finished_cases(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import autounet.preprocessing.case_store as case_store
+    from autounet.cli import main
+
+    original = case_store.save_npy
+    calls = {"n": 0}
+
+    def fill_up(path: Path, array: np.ndarray) -> None:
+        calls["n"] += 1
+        if calls["n"] > 4:
+            _disk_full()
+        original(path, array)
+
+    monkeypatch.setattr(case_store, "save_npy", fill_up)
+    code = main(["--workspace", str(workspace), "plan_and_preprocess", "Task01", "-np", "0", "-c", "3d_fullres",
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no space left on device" in err[0] and "rerun" in err[0]
+    folder = workspace / "preprocessed" / "Task01_Demo" / "3d_fullres"
+    finished = sorted(folder.glob("*.json"))
+    assert len(finished) == 2
+    assert not [p for p in folder.iterdir() if p.name.startswith(TMP_PREFIX)]
+    for props in finished:
+        assert np.load(folder / f"{props.stem}.npy", mmap_mode="r").ndim == 4
+
+
+def test_disk_full_while_predicting_stops_with_one_line_and_keeps_finished(
+        trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import autounet.inference.predict_folder as predict_folder
+    from autounet.cli import main
+
+    original = predict_folder.save_prediction
+    calls = {"n": 0}
+
+    def fill_up(seg: np.ndarray, geometry: object, path: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            _disk_full()
+        original(seg, geometry, path)
+
+    monkeypatch.setattr(predict_folder, "save_prediction", fill_up)
+    out = trained / "preds_full"
+    code = main(["--workspace", str(trained), "predict", "-i", str(trained / "raw" / "Task01_Demo" / "imagesTs"),
+                 "-o", str(out), "--disable-tta", "--no-postprocessing"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "no space left on device" in err[-1] and "--continue" in err[-1]
+    assert len(list(out.glob("*.nii.gz"))) == 1
     assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]

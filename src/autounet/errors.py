@@ -49,3 +49,4 @@ class WorkerError(AutounetError):
         super().__init__(f"worker failed on {item}: {detail}")
         self.item = item
         self.detail = detail
+        self.traceback: str | None = None

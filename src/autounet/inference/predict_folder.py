@@ -8,6 +8,7 @@ others continue; the report lists the failures so the CLI can exit non-zero.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -180,7 +181,15 @@ def predict_folder(
         except AutounetError as exc:
             log.error("%s: %s", case.case_id, exc)
             report.failed[case.case_id] = str(exc)
-        except (RuntimeError, ValueError, MemoryError, OSError) as exc:
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                progress.close()
+                raise AutounetError(
+                    f"{output_dir}: no space left on device while writing {case.case_id}; free disk space and "
+                    f"rerun with --continue ({len(report.written)} finished prediction(s) are kept)") from None
+            log.exception("%s: prediction failed", case.case_id)
+            report.failed[case.case_id] = f"{type(exc).__name__}: {exc}"
+        except (RuntimeError, ValueError, MemoryError) as exc:
             log.exception("%s: prediction failed", case.case_id)
             report.failed[case.case_id] = f"{type(exc).__name__}: {exc}"
         else:

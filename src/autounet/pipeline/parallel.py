@@ -8,6 +8,7 @@ start method so that behaviour is the same on Linux, macOS and Windows.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -33,6 +34,12 @@ def _call_catching(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
         return True, fn(item)
     except AutounetError as exc:
         return False, ("autounet", str(exc))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return False, ("autounet", f"no space left on device{where}; free disk space and rerun - "
+                                       "finished cases are kept")
+        return False, ("traceback", traceback.format_exc())
     except BaseException:  # noqa: BLE001 - the parent re-raises with context
         return False, ("traceback", traceback.format_exc())
 
@@ -112,4 +119,6 @@ def _raise_worker_failure(name: str, value: tuple[str, str]) -> None:
         raise WorkerError(name, detail)
     log.error("worker traceback for %s:\n%s", name, detail)
     last = detail.strip().splitlines()[-1] if detail.strip() else "unknown error"
-    raise WorkerError(name, f"{last}\n{detail}")
+    error = WorkerError(name, f"{last} (traceback above and in the log)")
+    error.traceback = detail
+    raise error
