@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device=args.device, workers=args.workers,
         resume=args.resume, init_from=args.init_from, network=args.network,
         save_probabilities=args.save_probabilities, seed=args.seed, val_iters=args.val_iters,
-        validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta,
+        validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta, threads=args.threads,
     )
     for fold in folds:
         fold_dir = run_training(ws, task, args.configuration, fold, settings)
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--workers", type=int, default=None,
                    help="data-loading processes (default: from CPU cores and RAM; 0 = main process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the network (default: cores left after the data-loading workers)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from pretrained weights")
     p.add_argument("--network", default=None,

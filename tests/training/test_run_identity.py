@@ -58,3 +58,4 @@ def test_resume_requires_the_same_experiment() -> None:
     check_resume_compatible(manifest, TrainingSettings(lr=0.01, device="cuda", workers=3, resume=True), "run.json")
     with pytest.raises(AutounetError, match="'lr' was 0.01 .* now 0.02"):
         check_resume_compatible(manifest, TrainingSettings(lr=0.02), "run.json")
+

@@ -48,6 +48,7 @@ class TrainingSettings:
     resume: bool = _free(False)
     validate_at_end: bool = _free(True)
     validation_mirroring: bool = _free(True)
+    threads: int | None = _free(None)
 
     def validate(self, where: str = "training settings") -> None:
         """Reject impossible values with a message naming the option."""
