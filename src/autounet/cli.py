@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="data-loading processes (default: from CPU cores and RAM; 0 = main process)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the network (default: cores left after the data-loading workers)")
+                   help="CPU threads for the network (default: all cores; 1 on a machine busy with other work)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from pretrained weights")
     p.add_argument("--network", default=None,

@@ -19,6 +19,8 @@ Design, and why:
 
 from __future__ import annotations
 
+import contextlib
+
 import ctypes
 import logging
 import multiprocessing as mp
@@ -108,6 +110,8 @@ def _worker_main(
 ) -> None:
     """Worker loop: make a batch, wait for a free slot, copy it in, announce it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(5)  # batches are cheap next to a training step: yield the cores to the network's threads
     case_ids: list[str] = []
     try:
         source = spec.build(seed)
