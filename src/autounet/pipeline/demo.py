@@ -19,7 +19,7 @@ from autounet.pipeline.workspace import Workspace
 log = logging.getLogger(__name__)
 
 DEMO_GPU_MEMORY_GB = 2.0
-DEMO_BUDGET = {"3d_fullres": (12, 30), "2d": (12, 40)}
+DEMO_BUDGET = {"3d_fullres": (10, 30), "2d": (10, 40)}
 DEMO_VAL_ITERS = 10
 
 
