@@ -6,6 +6,8 @@ read-only and copy them (`shutil.copytree`) before changing anything.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,15 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handler() -> Iterator[None]:
+    """cli.main binds a stdout log handler to the root logger on its first call (to the stdout
+    of that moment, e.g. capsys's); drop it after each test so the next one's capture is clean."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if getattr(h, "_autounet", False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)

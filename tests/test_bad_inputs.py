@@ -21,12 +21,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import logging
 import os
 import re
 import shutil
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,16 +384,6 @@ CASES: tuple[Case, ...] = (
 # ----------------------------------------------------------------------------------------------
 # fixtures
 
-
-@pytest.fixture(autouse=True)
-def _restore_cli_logging() -> Iterator[None]:
-    """main() binds a log handler to the sys.stdout of its first call (capsys's); drop it afterwards."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    for handler in [h for h in root.handlers if getattr(h, "_autounet", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,16 +91,6 @@ def target(tmp_path: Path) -> Workspace:
 def archive(source: Workspace, tmp_path: Path) -> Path:
     return export_model(source, TASK, tmp_path / "model.zip")
 
-
-@pytest.fixture(autouse=True)
-def _restore_cli_logging() -> Iterator[None]:
-    """main() binds a log handler to the sys.stdout of its first call (capsys's); drop it afterwards."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    for handler in [h for h in root.handlers if getattr(h, "_autounet", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def _installed(ws: Workspace) -> list[str]:

@@ -10,12 +10,10 @@ class locations and the reference label copies.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +34,6 @@ from .real_data_tasks import REAL_TASK_BUILDERS, RealTask
 REPO_SRC = Path(__file__).resolve().parents[2] / "src"
 CaseFiles = dict[str, tuple[Path, Path]]  # case id -> (image file, label file)
 
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler() -> Iterator[None]:
-    """cli.main attaches a stdout handler to the root logger once; drop it so the next test's capture is clean."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    for handler in [h for h in root.handlers if getattr(h, "_autounet", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def run_cli(workspace: Path, *args: str) -> int:
