@@ -6,8 +6,11 @@ read-only and copy them (`shutil.copytree`) before changing anything.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,20 @@ def _drop_cli_log_handler() -> Iterator[None]:
     for handler in [h for h in root.handlers if getattr(h, "_autounet", False)]:
         root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def end_to_end_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The trained run of tests/test_end_to_end.py, built once per session, for other test modules.
+
+    Test modules are imported with importlib mode and cannot import each other, so the module
+    is loaded here once; its own marker file keeps the training from running twice.
+    """
+    name = "autounet_tests_end_to_end"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "test_end_to_end.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].end_to_end_run(tmp_path_factory)

@@ -8,11 +8,8 @@ else runs verbatim.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,16 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SECTION = re.compile(r"^##[ \t]+Python API[ \t]*$(.*?)(?=^##[ \t]|\Z)", re.MULTILINE | re.DOTALL)
 PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
-
-def _end_to_end_module() -> ModuleType:
-    name = "autounet_tests_end_to_end"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "test_end_to_end.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def api_example(markdown: str) -> str | None:
@@ -71,8 +58,8 @@ def test_api_example_is_found_in_markdown() -> None:
         "run_dir = Path('/r')\nimage_file = Path('/i.nii.gz')\n")
 
 
-def test_readme_api_example_runs(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> None:
-    run = _end_to_end_module().end_to_end_run(tmp_path_factory)
+def test_readme_api_example_runs(end_to_end_run: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    run = end_to_end_run
     code, source = _example_source()
     case = sorted((run.task_dir / "imagesTs").glob("*.nii.gz"))[0]
     namespace: dict[str, Any] = {"__name__": "__readme_example__"}

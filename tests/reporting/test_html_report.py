@@ -6,15 +6,12 @@ The run comes from tests/test_end_to_end.py (built once per session, reused here
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,21 +23,10 @@ from autounet.reporting.html_report import SECTIONS, ReportData, case_dice_rows,
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URI = "data:image/png;base64,"
 VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
-
-def _end_to_end_module() -> ModuleType:
-    name = "autounet_tests_end_to_end"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "test_end_to_end.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 class ReportParser(HTMLParser):
@@ -97,8 +83,8 @@ class ReportParser(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return _end_to_end_module().end_to_end_run(tmp_path_factory)
+def run(end_to_end_run: Any) -> Any:
+    return end_to_end_run
 
 
 @pytest.fixture(scope="module")
