@@ -61,15 +61,18 @@ class Case:
 
 # ---------------------------------------------------------------------------- sources of cases
 
+def _plan_cases(plans: Any, configurations: Sequence[str]) -> list[Case]:
+    """One benchmark case per requested configuration that the plans contain."""
+    return [Case(plans.task, name, plans.configurations[name].network, list(plans.configurations[name].patch_size),
+                 plans.configurations[name].batch_size, plans.num_channels, plans.num_classes)
+            for name in configurations if name in plans.configurations]
+
+
 def cases_from_plans(paths: Sequence[Path], configurations: Sequence[str]) -> list[Case]:
     cases = []
     for path in paths:
         plans = load_plans(path)
-        for name in configurations:
-            if name in plans.configurations:
-                cfg = plans.configurations[name]
-                cases.append(Case(plans.task, name, cfg.network, list(cfg.patch_size), cfg.batch_size,
-                                  plans.num_channels, plans.num_classes))
+        cases.extend(_plan_cases(plans, configurations))
     return cases
 
 
@@ -107,11 +110,7 @@ def cases_from_planner(architecture: str, gpu_memory_gb: float, configurations: 
     cases = []
     for fingerprint in fingerprints:
         plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory_gb, architecture=architecture)
-        for name in configurations:
-            if name in plans.configurations:
-                cfg = plans.configurations[name]
-                cases.append(Case(plans.task, name, cfg.network, list(cfg.patch_size), cfg.batch_size,
-                                  plans.num_channels, plans.num_classes))
+        cases.extend(_plan_cases(plans, configurations))
     return cases
 
 

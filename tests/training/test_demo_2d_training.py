@@ -10,8 +10,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
 
 from autounet.cli import main
 
@@ -22,15 +20,7 @@ from autounet.cli import main
 MIN_FOREGROUND_DICE = 0.6
 
 
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_2d_demo_training_learns(tmp_path: Path, demo_task_2d: Path, one_thread: None) -> None:
+def test_2d_demo_training_learns(tmp_path: Path, demo_task_2d: Path, one_torch_thread: None) -> None:
     ws = tmp_path / "ws"
     shutil.copytree(demo_task_2d, ws / "raw" / demo_task_2d.name)
     base = ["--workspace", str(ws)]

@@ -42,12 +42,7 @@ run_training(Workspace(Path(sys.argv[1])), None, "3d_fullres", 0, settings, load
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _epoch_of(path: Path) -> int:

@@ -153,13 +153,7 @@ def fast_settings(**kwargs: Any) -> TrainingSettings:
     return TrainingSettings(**defaults)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny convolutions run fastest single-threaded; two threads on a busy 2-core box thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- pure functions
