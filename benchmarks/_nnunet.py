@@ -103,14 +103,16 @@ def autounet_plan(task: Path, workspace: Path, workers: int, configuration: str,
 
 
 def autounet_train_command(workspace: Path, task: str, configuration: str, epochs: int, iters: int, val_iters: int,
-                           workers: int, device: str, profile_to: Path | None = None) -> list[str]:
+                           workers: int, device: str, profile_to: Path | None = None,
+                           precision: str = "auto") -> list[str]:
     """The in-process training entry of this module, optionally under cProfile."""
     cmd = [sys.executable]
     if profile_to is not None:
         cmd += ["-m", "cProfile", "-o", str(profile_to)]
     return cmd + [str(Path(__file__).resolve()), "autounet-train", "--workspace", str(workspace), "--task", task,
                   "--configuration", configuration, "--epochs", str(epochs), "--iters", str(iters),
-                  "--val-iters", str(val_iters), "--workers", str(workers), "--device", device]
+                  "--val-iters", str(val_iters), "--workers", str(workers), "--device", device,
+                  "--precision", precision]
 
 
 def read_autounet_epoch_times(fold_dir: Path) -> list[float]:
@@ -125,7 +127,8 @@ def _train_autounet_inline(args: argparse.Namespace) -> None:
     from autounet.training.settings import TrainingSettings
 
     settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters, val_iters=args.val_iters,
-                                device=args.device, workers=args.workers, validate_at_end=False)
+                                device=args.device, workers=args.workers, validate_at_end=False,
+                                precision=args.precision)
     fold_dir = run_training(args.workspace, args.task, args.configuration, 0, settings)
     sys.stdout.write(f"{fold_dir}\n")
 
@@ -291,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--val-iters", type=int, default=1)
     train.add_argument("--workers", type=int, default=2)
     train.add_argument("--device", default="cpu")
+    train.add_argument("--precision", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     _train_autounet_inline(args)

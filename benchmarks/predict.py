@@ -42,7 +42,7 @@ DEMO_SHAPE = (64, 96, 96)
 DEMO_PATCH = [64, 80, 80]
 
 
-def _demo_predictor(device: str, use_mirroring: bool, shape: tuple[int, int, int]):
+def _demo_predictor(device: str, use_mirroring: bool, shape: tuple[int, int, int], precision: str = "auto"):
     """A plain U-Net of a typical 3D plan (untrained: timing does not depend on the weights)."""
     import numpy as np
 
@@ -66,7 +66,7 @@ def _demo_predictor(device: str, use_mirroring: bool, shape: tuple[int, int, int
     net = build_network("plain_unet", net_plan, 1, 3, deep_supervision=False).to(dev).eval()
     axes = [0, 1, 2] if use_mirroring else []
     image = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
-    return Predictor(plans, "3d_fullres", [net], ["untrained"], axes, dev), image
+    return Predictor(plans, "3d_fullres", [net], ["untrained"], axes, dev, precision=precision), image
 
 
 def _worker(args: argparse.Namespace) -> dict:
@@ -81,12 +81,13 @@ def _worker(args: argparse.Namespace) -> dict:
         from autounet.inference.predictor import Predictor
         from autounet.io.images import read_channels, read_image
 
-        predictor = Predictor.from_run_folder(args.run_dir, args.folds, "final", args.device, args.mirroring)
+        predictor = Predictor.from_run_folder(args.run_dir, args.folds, "final", args.device, args.mirroring,
+                                              precision=args.precision)
         paths = args.case
         image, geometry = read_image(paths[0]) if len(paths) == 1 else read_channels(paths)
     else:
         shape = tuple(args.shape)
-        predictor, image = _demo_predictor(args.device, args.mirroring, shape)
+        predictor, image = _demo_predictor(args.device, args.mirroring, shape, args.precision)
         geometry = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), shape=shape)
     times = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,11 +125,11 @@ def _nnunet_device(device: str) -> str:
 
 
 def autounet_predict_command(workspace: Path, task: str, input_dir: Path, output_dir: Path, device: str,
-                             mirroring: bool, step_size: float = 0.5) -> list[str]:
+                             mirroring: bool, step_size: float = 0.5, precision: str = "auto") -> list[str]:
     """`autounet predict` with the settings nnU-Net gets: fold 0, final checkpoint, no postprocessing."""
     cmd = [sys.executable, "-m", "autounet", "--workspace", str(workspace), "predict", "-i", str(input_dir),
            "-o", str(output_dir), "-t", task, "-c", CONFIGURATION, "-f", "0", "--checkpoint", "final",
-           "--step-size", str(step_size), "--device", device, "--no-postprocessing"]
+           "--step-size", str(step_size), "--device", device, "--no-postprocessing", "--precision", precision]
     return cmd + ([] if mirroring else ["--disable-tta"])
 
 
@@ -205,7 +206,7 @@ def compare_with_nnunet(args: argparse.Namespace) -> int:
                     shutil.rmtree(out, ignore_errors=True)
                     if tool == "autounet":
                         cmd, cmd_env = autounet_predict_command(workspace, task.name, input_dir, out, device,
-                                                                mirroring), dict(os.environ)
+                                                                mirroring, precision=args.precision), dict(os.environ)
                     else:
                         cmd = nn_bench.nnunet_predict_command(python, args.nnunet_dataset_id, CONFIGURATION,
                                                               input_dir, out, device, mirroring)
@@ -221,7 +222,7 @@ def compare_with_nnunet(args: argparse.Namespace) -> int:
                       "largest_process_mib": statistics.median(m.largest_process_rss_bytes for m in ms) / MIB,
                       "runs_s": [m.wall_s for m in ms]} for key, ms in runs.items()}
         print(f"predict, {CONFIGURATION}, one case of {'x'.join(map(str, args.predict_shape or args.shape))}, device {device}, step 0.5, "
-              f"fold 0, whole command (start-up included), {args.repeats} run(s) each, {os.cpu_count()} CPU cores, "
+              f"fold 0, autounet --precision {args.precision}, whole command (start-up included), {args.repeats} run(s) each, {os.cpu_count()} CPU cores, "
               f"load average {load_start} at start, {load_end} at end; nnunetv2 "
               f"{nn_bench.nnunet_version(python)} with -npp 1 -nps 1")
         print(f"{'mirroring':<10} {'tool':<9} {'s/case':>8} {'peak tree RSS MiB':>18} {'largest proc MiB':>17}"
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", nargs="+", default=None)
     parser.add_argument("--shape", nargs=3, type=int, default=list(DEMO_SHAPE), help="demo case shape (z y x)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="autounet's --precision (nnU-Net runs its own default: fp32 on CPU, fp16 on CUDA)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--nnunet-python", default=None,
                         help="python of a venv with nnunetv2 to time nnUNetv2_predict on the same case")

@@ -110,7 +110,7 @@ def _load() -> str:
 def run_autounet(args: argparse.Namespace, workspace: Path, task: str, work: Path, index: int) -> TrainRun:
     shutil.rmtree(workspace / "results", ignore_errors=True)
     cmd = nn_bench.autounet_train_command(workspace, task, CONFIGURATION, args.epochs, args.iters, args.val_iters,
-                                          args.workers, args.device)
+                                          args.workers, args.device, precision=args.precision)
     measured = nn_bench.measure(cmd, dict(os.environ), work, work / f"autounet_train_{index}.log", 0.2)
     fold_dirs = sorted((workspace / "results" / task).glob("*/fold_0"))
     run = TrainRun(measured.wall_s, nn_bench.read_autounet_epoch_times(fold_dirs[0]))
@@ -137,7 +137,8 @@ def profile_autounet(args: argparse.Namespace, workspace: Path, task: str, work:
     shutil.rmtree(workspace / "results", ignore_errors=True)
     stats_path = work / "autounet_train.prof"
     cmd = nn_bench.autounet_train_command(workspace, task, CONFIGURATION, args.epochs, args.iters, args.val_iters,
-                                          args.workers, args.device, profile_to=stats_path)
+                                          args.workers, args.device, profile_to=stats_path,
+                                          precision=args.precision)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = []
     for key in ("cumulative", "tottime"):
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", default="0,1,2", help="worker counts for the data-loading figures")
     p.add_argument("--loader-batches", type=int, default=10, help="timed batches per data-loading row")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autounet's --precision (auto: bf16 on CPUs with native bfloat16, fp16 on CUDA); "
+                        "nnU-Net runs its own default (fp32 on CPU, fp16 autocast on CUDA)")
     p.add_argument("--repeats", type=int, default=1, help="training runs per tool, alternating; medians reported")
     p.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory target of the plan in GB")
     p.add_argument("--nnunet-python", type=Path, default=None,
@@ -233,7 +237,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     results = {name: summarize(rs, args.iters, voxels_per_batch) for name, rs in runs.items()}
 
     header = (f"training throughput, {CONFIGURATION}: {args.cases} cases of {'x'.join(map(str, args.shape))}, "
-              f"patch {cfg.patch_size} x batch {cfg.batch_size}, device {args.device}, {args.epochs} epochs x "
+              f"patch {cfg.patch_size} x batch {cfg.batch_size}, device {args.device}, autounet --precision "
+              f"{args.precision}, {args.epochs} epochs x "
               f"{args.iters} iterations + {args.val_iters} validation patches (first epoch warm-up), "
               f"{args.workers} augmentation workers, {args.repeats} run(s) each, {os.cpu_count()} CPU cores, "
               f"load average {load_before} at start, {_load()} at end"

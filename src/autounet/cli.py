@@ -16,11 +16,14 @@ from pathlib import Path
 
 from autounet import __version__
 from autounet.errors import AutounetError
+from autounet.networks.precision import PRECISIONS
 from autounet.pipeline.workspace import Workspace, resolve_workspace
 
 log = logging.getLogger("autounet")
 
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+PRECISION_HELP = ("numeric precision of the network: auto = fp16 autocast on CUDA, bf16 autocast on CPUs with "
+                  "native bfloat16 (AVX512_BF16/AMX, 2-2.5x faster), else fp32")
 _FORMATTER = functools.partial(argparse.HelpFormatter, width=100)
 
 
@@ -116,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume, init_from=args.init_from, network=args.network,
         save_probabilities=args.save_probabilities, seed=args.seed, val_iters=args.val_iters,
         validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta, threads=args.threads,
+        precision=args.precision,
     )
     for fold in folds:
         fold_dir = run_training(ws, task, args.configuration, fold, settings)
@@ -140,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         folds=args.folds, checkpoint=args.checkpoint, use_mirroring=not args.disable_tta,
         step_size=args.step_size, save_probabilities=args.save_probabilities,
         postprocess=not args.no_postprocessing, device=args.device, resume=args.resume,
-        num_parts=args.num_parts, part_id=args.part_id,
+        num_parts=args.num_parts, part_id=args.part_id, precision=args.precision,
     )
     print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
     for case, why in report.failed.items():
@@ -343,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-loading processes (default: from CPU cores and RAM; 0 = main process)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the network (default: all cores; 1 on a machine busy with other work)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from pretrained weights")
     p.add_argument("--network", default=None,
@@ -367,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true")
     p.add_argument("--no-postprocessing", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
     p.add_argument("--num-parts", type=int, default=1)
     p.add_argument("--part-id", type=int, default=0)

@@ -45,7 +45,7 @@ def test_pointwise_network_matches_direct_forward(shape):
     rng = np.random.default_rng(0)
     data = rng.normal(size=shape).astype(np.float32)
     net = _pointwise(2, 3)
-    out = sliding_window_logits(net, data, [4, 4, 4], num_classes=3, device="cpu")
+    out = sliding_window_logits(net, data, [4, 4, 4], num_classes=3, device="cpu", precision="fp32")
     assert out.shape == (3, *shape[1:]) and out.dtype == torch.float32
     torch.testing.assert_close(out, _direct(net, data), rtol=1e-5, atol=1e-5)
 
@@ -56,7 +56,7 @@ def test_smaller_than_patch_equals_zero_padded_convolution():
     data = rng.normal(size=(1, 3, 5, 4)).astype(np.float32)
     torch.manual_seed(0)
     net = nn.Conv3d(1, 2, 3, padding=1)
-    out = sliding_window_logits(net, data, [6, 8, 6], num_classes=2, device="cpu")
+    out = sliding_window_logits(net, data, [6, 8, 6], num_classes=2, device="cpu", precision="fp32")
     torch.testing.assert_close(out, _direct(net, data), rtol=1e-5, atol=1e-5)
 
 
@@ -64,7 +64,7 @@ def test_2d_network_on_3d_data_predicts_each_slice():
     rng = np.random.default_rng(2)
     data = rng.normal(size=(1, 3, 7, 5)).astype(np.float32)
     net = _pointwise(1, 2, dims=2)
-    out = sliding_window_logits(net, data, [4, 4], num_classes=2, device="cpu", mirror_axes=(0, 1))
+    out = sliding_window_logits(net, data, [4, 4], num_classes=2, device="cpu", precision="fp32", mirror_axes=(0, 1))
     with torch.no_grad():
         expected = torch.stack([net(torch.from_numpy(data[:, z])[None])[0] for z in range(3)], dim=1)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
@@ -84,8 +84,8 @@ def _symmetric_conv() -> nn.Module:
 def test_mirroring_is_identity_for_flip_equivariant_network():
     data = np.random.default_rng(4).normal(size=(1, 9, 10, 7)).astype(np.float32)
     net = _symmetric_conv()
-    plain = sliding_window_logits(net, data, [6, 6, 6], 2, device="cpu", mirror_axes=())
-    mirrored = sliding_window_logits(net, data, [6, 6, 6], 2, device="cpu", mirror_axes=(0, 1, 2))
+    plain = sliding_window_logits(net, data, [6, 6, 6], 2, device="cpu", precision="fp32", mirror_axes=())
+    mirrored = sliding_window_logits(net, data, [6, 6, 6], 2, device="cpu", precision="fp32", mirror_axes=(0, 1, 2))
     torch.testing.assert_close(mirrored, plain, rtol=1e-5, atol=1e-5)
 
 
@@ -94,8 +94,8 @@ def test_mirroring_changes_asymmetric_network():
     data = np.random.default_rng(5).normal(size=(1, 8, 8, 8)).astype(np.float32)
     torch.manual_seed(0)
     net = nn.Conv3d(1, 2, 3, padding=1)
-    plain = sliding_window_logits(net, data, [8, 8, 8], 2, device="cpu")
-    mirrored = sliding_window_logits(net, data, [8, 8, 8], 2, device="cpu", mirror_axes=(0,))
+    plain = sliding_window_logits(net, data, [8, 8, 8], 2, device="cpu", precision="fp32")
+    mirrored = sliding_window_logits(net, data, [8, 8, 8], 2, device="cpu", precision="fp32", mirror_axes=(0,))
     assert not torch.allclose(plain, mirrored, atol=1e-3)
     with torch.no_grad():
         x = torch.from_numpy(data)[None]
@@ -118,7 +118,7 @@ class _Constant(nn.Module):
 def test_fold_ensemble_averages_logits():
     data = np.zeros((1, 9, 6, 5), dtype=np.float32)
     folds = [_Constant([1.0, -3.0]), _Constant([5.0, 1.0])]
-    out = sliding_window_logits(folds, data, [4, 4, 4], 2, device="cpu", mirror_axes=(0, 2))
+    out = sliding_window_logits(folds, data, [4, 4, 4], 2, device="cpu", precision="fp32", mirror_axes=(0, 2))
     assert all(not f.deep_supervision for f in folds)
     torch.testing.assert_close(out[0], torch.full((9, 6, 5), 3.0))
     torch.testing.assert_close(out[1], torch.full((9, 6, 5), -1.0))
@@ -127,11 +127,37 @@ def test_fold_ensemble_averages_logits():
 def test_half_precision_accumulation_close_to_full(monkeypatch):
     data = np.random.default_rng(6).normal(size=(2, 11, 9, 7)).astype(np.float32)
     net = _pointwise(2, 3)
-    full = sliding_window_logits(net, data, [4, 4, 4], 3, device="cpu")
+    full = sliding_window_logits(net, data, [4, 4, 4], 3, device="cpu", precision="fp32")
     monkeypatch.setattr(memory, "HALF_PRECISION_THRESHOLD_ELEMENTS", 10)
-    half = sliding_window_logits(net, data, [4, 4, 4], 3, device="cpu", accumulate_on="cpu")
+    half = sliding_window_logits(net, data, [4, 4, 4], 3, device="cpu", precision="fp32", accumulate_on="cpu")
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, rtol=1e-2, atol=1e-2)
+
+
+def test_bf16_autocast_close_to_fp32_and_same_labels():
+    """bf16 autocast (the CPU default where the CPU has bf16 instructions) changes logits only in
+    their third significant digit, so the argmax of logits with clear margins is unchanged."""
+    data = np.random.default_rng(7).normal(size=(2, 11, 9, 7)).astype(np.float32)
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv3d(2, 8, 3, padding=1), nn.LeakyReLU(0.01), nn.Conv3d(8, 3, 3, padding=1))
+    full = sliding_window_logits(net, data, [4, 6, 4], 3, device="cpu", precision="fp32", mirror_axes=(0, 1))
+    low = sliding_window_logits(net, data, [4, 6, 4], 3, device="cpu", precision="bf16", mirror_axes=(0, 1))
+    assert low.dtype == torch.float32
+    assert not torch.equal(low, full)  # the network really ran in bf16
+    scale = float(full.abs().max())
+    torch.testing.assert_close(low, full, rtol=0.0, atol=0.02 * scale)
+    top2 = full.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 0.05 * scale
+    assert clear.float().mean() > 0.5
+    assert torch.equal(low.argmax(0)[clear], full.argmax(0)[clear])
+
+
+def test_precision_that_cannot_run_is_an_error():
+    from autounet.errors import AutounetError
+
+    data = np.zeros((2, 4, 4, 4), dtype=np.float32)
+    with pytest.raises(AutounetError, match="fp16 needs a CUDA device"):
+        sliding_window_logits(_pointwise(2, 3), data, [4, 4, 4], 3, device="cpu", precision="fp16")
 
 
 def test_wrong_class_count_and_bad_arguments():

@@ -28,7 +28,14 @@ from autounet.io.geometry import Geometry
 from autounet.io.images import write_label
 from autounet.io.json_schema import to_dict
 from autounet.pipeline.workspace import Workspace
-from autounet.planners.plans import ConfigurationPlan, IntensityProperties, NetworkPlan, Plans, save_plans
+from autounet.planners.plans import (
+    ConfigurationPlan,
+    IntensityProperties,
+    NetworkPlan,
+    Plans,
+    load_plans,
+    save_plans,
+)
 from autounet.preprocessing.case_properties import CaseProperties
 from autounet.preprocessing.case_store import CaseStore
 from autounet.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint
@@ -36,6 +43,7 @@ from autounet.training.metrics_log import read_rows
 from autounet.training.run_training import resolve_task_for_training, run_training
 from autounet.training.settings import TrainingSettings
 from autounet.training.trainer import (
+    Trainer,
     confusion_counts,
     dice_from_counts,
     load_matching_weights,
@@ -246,6 +254,27 @@ def test_training_with_the_real_data_loader(tmp_path: Path) -> None:
     rows = read_rows(fold_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["train_loss"]) for r in rows)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_is_applied_and_recorded(tmp_path: Path, precision: str) -> None:
+    """An explicit --precision runs the network in it (bf16: autocast, no gradient scaler) and
+    run.json records the precision the run used; it may change on --resume like the device."""
+    ws = make_toy_workspace(tmp_path)
+    settings = fast_settings(epochs=1, iters_per_epoch=2, val_iters=1, validate_at_end=False, precision=precision)
+    fold_dir = run_training(ws, TASK, "3d_fullres", 0, settings, loader_builder=toy_loader_builder)
+    assert json.loads((fold_dir / "run.json").read_text())["precision"] == precision
+    assert math.isfinite(read_rows(fold_dir / "metrics.jsonl")[0]["train_loss"])
+    plans = load_plans(ws.preprocessed(TASK) / "plans.json")
+    trainer = Trainer(plans, "3d_fullres", ws.preprocessed(TASK) / "3d_fullres", fold_dir, [], [], settings,
+                      loader_builder=toy_loader_builder)
+    assert trainer.precision == precision and trainer.grad_scaler is None
+    batch = next(iter(toy_loader_builder(ws.preprocessed(TASK) / "3d_fullres", ["case_0"], ["case_0"], plans,
+                                         "3d_fullres", trainer.ds_scales, 0, 0)[0]))
+    data, targets = trainer._to_device(batch)
+    _, logits = trainer._forward_loss(data, targets)
+    assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert "precision" not in TrainingSettings.identity_fields()
 
 
 def test_2d_training_runs_and_saves_probabilities(tmp_path: Path) -> None:

@@ -108,6 +108,7 @@ def predict_folder(
     part_id: int = 0,
     show_progress: bool = True,
     cwd: Path | None = None,
+    precision: str = "auto",
 ) -> PredictionReport:
     """Predict every case of `input_path` into `output_dir`; see the module docstring."""
     from autounet.pipeline.dataset import list_prediction_inputs
@@ -130,7 +131,7 @@ def predict_folder(
     num_channels = load_plans(choice.run_dirs[0] / "plans.json").num_channels
     cases = sorted(list_prediction_inputs(input_path, num_channels), key=lambda c: c.case_id)
     cases = shard(cases, num_parts, part_id)
-    predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size)
+    predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size, precision)
                   for d in choice.run_dirs]
     plans = predictors[0].plans
     used_folds = {p.run_dir.name: p.folds for p in predictors if p.run_dir is not None}
@@ -153,6 +154,7 @@ def predict_folder(
         "postprocessing_steps": decision.describe() if decision else "none",
         "reason": choice.reason,
         "device": str(predictors[0].device),
+        "precision": predictors[0].precision,
         "num_parts": num_parts,
         "part_id": part_id,
         "versions": _versions(),

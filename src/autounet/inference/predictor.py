@@ -24,6 +24,7 @@ from autounet.inference.export import logits_to_segmentation_on_original_grid
 from autounet.inference.memory import estimate_prediction_memory_bytes
 from autounet.inference.sliding_window import mirror_subsets, sliding_window_logits
 from autounet.io.geometry import Geometry
+from autounet.networks.precision import resolve_precision
 from autounet.planners.plans import Plans, ResamplingPlan, load_plans
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class Predictor:
 
     def __init__(self, plans: Plans, configuration: str, networks: Sequence[nn.Module], folds: Sequence[str],
                  mirror_axes: Sequence[int], device: torch.device, step_size: float = 0.5,
-                 run_dir: Path | None = None, previous_stage: Predictor | None = None) -> None:
+                 run_dir: Path | None = None, previous_stage: Predictor | None = None,
+                 precision: str = "auto") -> None:
         if not networks:
             raise ValueError("a predictor needs at least one network")
         self.plans = plans
@@ -114,13 +116,14 @@ class Predictor:
         self.step_size = step_size
         self.run_dir = run_dir
         self.previous_stage = previous_stage
+        self.precision = resolve_precision(precision, device)
         if self.cfg.previous_stage and previous_stage is None:
             raise AutounetError(f"{configuration} needs a {self.cfg.previous_stage} predictor for its first stage")
 
     @classmethod
     def from_run_folder(cls, run_dir: str | os.PathLike[str], folds: Sequence[int | str] | None = None,
                         checkpoint: str = "final", device: str | torch.device = "auto", use_mirroring: bool = True,
-                        step_size: float = 0.5) -> Predictor:
+                        step_size: float = 0.5, precision: str = "auto") -> Predictor:
         """Load plans.json and the folds' checkpoints of a run folder (all trained folds by default)."""
         from autounet.networks.registry import build_network
         from autounet.training.checkpoint import load_checkpoint
@@ -165,11 +168,12 @@ class Predictor:
 
             prev_dir, _ = pick_run(run_dir.parent, cfg.previous_stage, checkpoint, prefer_suffix=_suffix(run_dir))
             log.info("cascade: first stage %s from %s", cfg.previous_stage, prev_dir)
-            previous = cls.from_run_folder(prev_dir, None, checkpoint, dev, use_mirroring, step_size)
+            previous = cls.from_run_folder(prev_dir, None, checkpoint, dev, use_mirroring, step_size, precision)
         axes = (mirror_axes or []) if use_mirroring else []
-        log.info("loaded %s folds %s (%s checkpoint) on %s; mirroring on axes %s", run_dir.name, wanted, checkpoint,
-                 dev, axes or "none")
-        return cls(plans, configuration, networks, wanted, axes, dev, step_size, run_dir, previous)
+        predictor = cls(plans, configuration, networks, wanted, axes, dev, step_size, run_dir, previous, precision)
+        log.info("loaded %s folds %s (%s checkpoint) on %s (%s); mirroring on axes %s", run_dir.name, wanted,
+                 checkpoint, dev, predictor.precision, axes or "none")
+        return predictor
 
     # ------------------------------------------------------------------------------------------
 
@@ -192,7 +196,8 @@ class Predictor:
     def predict_preprocessed(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Fold-averaged logits (K, z, y, x) float32 (CPU) of a preprocessed case (C, z, y, x)."""
         return sliding_window_logits(self.networks, data, self.cfg.patch_size, self.plans.num_classes,
-                                     step_size=self.step_size, mirror_axes=self.mirror_axes, device=self.device)
+                                     step_size=self.step_size, mirror_axes=self.mirror_axes, device=self.device,
+                                     precision=self.precision)
 
     def _network_input(self, image: np.ndarray, geometry: Geometry, case_id: str):
         from autounet.preprocessing.preprocessor import preprocess_case

@@ -26,6 +26,7 @@ from autounet.inference.memory import (
     estimate_prediction_memory_bytes,
     free_device_memory_bytes,
 )
+from autounet.networks.precision import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _unwrap(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _forward_tiles(networks: Sequence[nn.Module], tiles: torch.Tensor, mirror_axes: Sequence[int],
-                   max_forward_batch: int, use_autocast: bool) -> torch.Tensor:
+                   max_forward_batch: int, precision: str) -> torch.Tensor:
     """Mean logits over networks and mirrorings for a batch of tiles (n, C, *patch) -> (n, K, *patch) fp32."""
     subsets = mirror_subsets(mirror_axes)
     n = tiles.shape[0]
@@ -82,7 +83,7 @@ def _forward_tiles(networks: Sequence[nn.Module], tiles: torch.Tensor, mirror_ax
         outs = []
         for start in range(0, views.shape[0], max_forward_batch):
             chunk = views[start:start + max_forward_batch]
-            with torch.autocast(tiles.device.type, enabled=use_autocast):
+            with autocast(precision, tiles.device):
                 outs.append(_unwrap(net(chunk)).float())
         out = torch.cat(outs)
         for i, s in enumerate(subsets):
@@ -123,6 +124,7 @@ def sliding_window_logits(
     accumulate_on: str = "auto",
     batch_tiles: int | None = None,
     max_forward_batch: int | None = None,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Logits (K, *spatial) float32 on the CPU for a preprocessed case `data` (C, *spatial).
 
@@ -131,7 +133,8 @@ def sliding_window_logits(
     `accumulate_on`: "device" keeps the sums on `device`, "cpu" in host memory, "auto" decides
     from the estimated memory and, if the device still runs out of memory, redoes the case
     with host accumulation. `batch_tiles` tiles (times the mirrorings) go through one forward,
-    at most `max_forward_batch` inputs at a time.
+    at most `max_forward_batch` inputs at a time. `precision` as in `networks.precision`
+    (`auto`: fp16 autocast on CUDA, bf16 on CPUs with native bfloat16, else fp32).
     """
     networks = list(network) if isinstance(network, (list, tuple)) else [network]
     if not networks:
@@ -139,6 +142,7 @@ def sliding_window_logits(
     if accumulate_on not in ("auto", "device", "cpu"):
         raise ValueError(f"accumulate_on must be 'auto', 'device' or 'cpu', got {accumulate_on!r}")
     dev = _resolve_device(device)
+    resolved_precision = resolve_precision(precision, dev)
     for net in networks:
         net.eval()
         if hasattr(net, "deep_supervision"):
@@ -163,7 +167,7 @@ def sliding_window_logits(
         placement = _auto_placement(networks, spatial, num_classes, patch_size, x.shape[0], dev,
                                     batch_tiles * n_views)
     args = (networks, x, tuple(int(p) for p in patch_size), num_classes, step_size, tuple(mirror_axes),
-            use_gaussian, dev, batch_tiles, max_forward_batch)
+            use_gaussian, dev, batch_tiles, max_forward_batch, resolved_precision)
     if placement == "device" and dev.type == "cuda":
         try:
             return _predict(*args, acc_device=dev)
@@ -200,7 +204,7 @@ def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num
 
 def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[int, ...], num_classes: int,
              step_size: float, mirror_axes: tuple[int, ...], use_gaussian: bool, dev: torch.device,
-             batch_tiles: int, max_forward_batch: int, acc_device: torch.device) -> torch.Tensor:
+             batch_tiles: int, max_forward_batch: int, precision: str, acc_device: torch.device) -> torch.Tensor:
     spatial = tuple(x.shape[1:])
     slice_axis = len(spatial) == len(patch_size) + 1  # 2D network on 3D data
     tile_shape = ((1,) if slice_axis else ()) + patch_size
@@ -235,17 +239,16 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
     else:
         steps = compute_steps(target, patch_size, step_size)
     corners = list(itertools.product(*steps))
-    use_autocast = dev.type == "cuda"
-    log.debug("sliding window: %d tiles of %s over %s, %d mirrorings, %d network(s), accumulating on %s (%s)",
+    log.debug("sliding window: %d tiles of %s over %s, %d mirrorings, %d network(s) in %s, accumulating on %s (%s)",
               len(corners), list(tile_shape), list(target), len(mirror_subsets(mirror_axes)), len(networks),
-              acc_device, acc_dtype)
+              precision, acc_device, acc_dtype)
     for group in _batched(corners, batch_tiles):
         boxes = [tuple(slice(c, c + t) for c, t in zip(corner, tile_shape)) for corner in group]
         tiles = torch.stack([x[(slice(None),) + box] for box in boxes])
         if slice_axis:
             tiles = tiles[:, :, 0]
         tiles = tiles.to(dev, non_blocking=True)
-        out = _forward_tiles(networks, tiles, mirror_axes, max_forward_batch, use_autocast)
+        out = _forward_tiles(networks, tiles, mirror_axes, max_forward_batch, precision)
         if out.shape[1] != num_classes:
             raise ValueError(f"network returned {out.shape[1]} channels, expected {num_classes} classes")
         if slice_axis:

@@ -7,6 +7,7 @@ import platform
 from importlib import metadata
 
 from autounet import __version__
+from autounet.networks.precision import cpu_has_native_bf16
 from autounet.pipeline import system
 from autounet.pipeline.workspace import Workspace
 
@@ -39,7 +40,9 @@ def devices() -> list[str]:
         lines.append("MPS: available" if mps is not None and mps.is_available() else "MPS: not available")
     except Exception as exc:  # noqa: BLE001
         lines.append(f"torch not importable: {exc}")
-    lines.append(f"CPU: {system.cpu_count()} cores usable")
+    bf16 = ("native bfloat16 (--precision auto uses bf16 on the CPU)" if cpu_has_native_bf16()
+            else "no native bfloat16 (--precision auto uses fp32 on the CPU)")
+    lines.append(f"CPU: {system.cpu_count()} cores usable, {bf16}")
     return lines
 
 

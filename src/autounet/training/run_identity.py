@@ -71,6 +71,8 @@ class RunManifest:
     status: str = "running"
     end_time: str | None = None
     resumed: list[str] = field(default_factory=list)
+    #: the precision the network ran in (settings.precision resolved on `device`)
+    precision: str | None = None
 
     def validate(self, where: str) -> None:
         if self.status not in STATUSES:
@@ -81,11 +83,11 @@ class RunManifest:
 
     @classmethod
     def create(cls, task: str, configuration: str, fold: str, settings: TrainingSettings, device: str,
-               world_size: int = 1) -> RunManifest:
+               world_size: int = 1, precision: str | None = None) -> RunManifest:
         return cls(task=task, configuration=configuration, fold=fold,
                    run_name=run_name(configuration, settings), settings=settings.as_dict(),
                    seed=settings.seed, versions=software_versions(), host=socket.gethostname(),
-                   device=device, world_size=world_size, start_time=now_iso())
+                   device=device, world_size=world_size, start_time=now_iso(), precision=precision)
 
 
 def save_manifest(manifest: RunManifest, fold_dir: Path) -> Path:

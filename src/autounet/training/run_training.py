@@ -27,6 +27,7 @@ from autounet.inference.cascade import (
     save_next_stage,
 )
 from autounet.io.atomic import write_text
+from autounet.networks.precision import resolve_precision
 from autounet.pipeline.workspace import Workspace, resolve_workspace
 from autounet.planners.plans import Plans, ResamplingPlan, load_plans
 from autounet.preprocessing.case_properties import CaseProperties
@@ -150,6 +151,7 @@ def validate_fold(
     previous_stage_dir: Path | None = None,
     next_stage: tuple[Path, Path] | None = None,
     use_mirroring: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Any] | None:
     """Predict every validation case on its original grid, write validation/, evaluate it.
 
@@ -175,7 +177,7 @@ def validate_fold(
             previous = load_previous_stage(previous_stage_dir, case_id, expected_shape=data.shape[1:])
             data = cascade_input(data, previous, plans.num_classes)
         logits = sliding_window_logits(network, data, cfg.patch_size, plans.num_classes, step_size=0.5,
-                                       mirror_axes=mirror_axes, device=device)
+                                       mirror_axes=mirror_axes, device=device, precision=precision)
         seg, probs = logits_to_segmentation_on_original_grid(logits, props, plans, configuration_name,
                                                              return_probabilities=save_probabilities)
         save_prediction(seg, props.geometry, val_dir / f"{case_id}.nii.gz")
@@ -229,6 +231,7 @@ def _prepare_manifest(fold_dir: Path, settings: TrainingSettings, task: str, con
         raise AutounetError(f"{fold_dir}: this fold already has checkpoints; continue it with --resume, "
                             f"or delete the folder to start over")
     manifest_path = fold_dir / "run.json"
+    precision = resolve_precision(settings.precision, device)
     if settings.resume and manifest_path.is_file():
         manifest = load_manifest(fold_dir)
         check_resume_compatible(manifest, settings, str(manifest_path))
@@ -237,9 +240,10 @@ def _prepare_manifest(fold_dir: Path, settings: TrainingSettings, task: str, con
         manifest.resumed.append(now_iso())
         manifest.settings = settings.as_dict()
         manifest.device = str(device)
+        manifest.precision = precision
         manifest.world_size = ctx.world_size
         return manifest
-    return RunManifest.create(task, configuration, fold, settings, str(device), ctx.world_size)
+    return RunManifest.create(task, configuration, fold, settings, str(device), ctx.world_size, precision)
 
 
 def run_training(
@@ -331,7 +335,8 @@ def run_training(
                     summary = validate_fold(trainer.network, plans, configuration, data_folder, val_ids, fold_dir,
                                             preprocessed / "gt_segmentations", trainer.device,
                                             settings.save_probabilities, previous_dir, next_stage,
-                                            use_mirroring=settings.validation_mirroring)
+                                            use_mirroring=settings.validation_mirroring,
+                                            precision=settings.precision)
                     ema = state.ema_dice if state.ema_dice is not None else float("nan")
                     if summary is not None:
                         log.info("fold %s: mean foreground Dice on %d validation cases %.4f (final pseudo Dice "

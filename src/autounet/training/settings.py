@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autounet.errors import AutounetError
+from autounet.networks.precision import PRECISIONS
 
 DEFAULT_EPOCHS = 1000
 DEFAULT_ITERS_PER_EPOCH = 250
@@ -49,6 +50,7 @@ class TrainingSettings:
     validate_at_end: bool = _free(True)
     validation_mirroring: bool = _free(True)
     threads: int | None = _free(None)
+    precision: str = _free("auto")
 
     def validate(self, where: str = "training settings") -> None:
         """Reject impossible values with a message naming the option."""
@@ -60,6 +62,8 @@ class TrainingSettings:
             raise AutounetError(f"{where}: val_iters must be >= 0, got {self.val_iters}")
         if self.device not in DEVICES:
             raise AutounetError(f"{where}: --device must be one of {', '.join(DEVICES)}, got '{self.device}'")
+        if self.precision not in PRECISIONS:
+            raise AutounetError(f"{where}: --precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.workers is not None and self.workers < 0:
             raise AutounetError(f"{where}: --workers must be >= 0, got {self.workers}")
         if self.lr <= 0 or self.grad_clip <= 0:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from autounet.errors import AutounetError, CheckpointError
 from autounet.io.atomic import TMP_PREFIX
 from autounet.io.json_schema import to_dict
+from autounet.networks.precision import autocast, needs_grad_scaler, resolve_precision
 from autounet.planners.plans import ConfigurationPlan, Plans
 from autounet.training import metrics_log
 from autounet.training.checkpoint import (
@@ -230,7 +231,7 @@ class Trainer:
         self.ds_scales = deep_supervision_scales(self.cfg.network.strides)
         self._network_builder = network_builder or _default_network_builder()
         self._loader_builder = loader_builder
-        self.amp = self.device.type == "cuda"
+        self.precision = resolve_precision(settings.precision, self.device)
         self.state = TrainingState()
 
         if self.device.type == "cuda":
@@ -246,7 +247,7 @@ class Trainer:
         self.model = wrap_model(self.network, self.ctx, self.device)
         self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.lr, momentum=settings.momentum,
                                          nesterov=True, weight_decay=settings.weight_decay)
-        self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.grad_scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.precision) else None
         base = DiceCELoss(batch_dice=self.cfg.batch_dice)
         self.base_loss = base
         self.loss = DeepSupervisionLoss(base, deep_supervision_weights(len(self.ds_scales),
@@ -345,7 +346,7 @@ class Trainer:
         return data, targets
 
     def _forward_loss(self, data: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with autocast(self.precision, self.device):
             output = self.model(data)
             if isinstance(output, (list, tuple)):
                 loss = self.loss(list(output), targets)
@@ -445,8 +446,8 @@ class Trainer:
     def log_header(self) -> None:
         n_params = sum(p.numel() for p in self.network.parameters())
         log.info("training %s, fold folder %s: %d training and %d validation cases, %d epochs x %d iterations, "
-                 "device %s%s", self.configuration_name, self.fold_dir, len(self.train_ids), len(self.val_ids),
-                 self.settings.epochs, self.settings.iters_per_epoch, self.device,
+                 "device %s (%s)%s", self.configuration_name, self.fold_dir, len(self.train_ids), len(self.val_ids),
+                 self.settings.epochs, self.settings.iters_per_epoch, self.device, self.precision,
                  f", {self.ctx.world_size} processes" if self.ctx.enabled else "")
         log.info("network %s: %s parameters; planner's memory estimate %.2f GB (patch %s, batch %d)",
                  self.network_name, f"{n_params:,}", self.cfg.estimated_memory_bytes / 1e9, self.cfg.patch_size,
