@@ -42,3 +42,44 @@ def test_find_task_name_only_one_and_errors(tmp_path: Path) -> None:
     assert find_task_name("2", ws) == "Task02_Demo2D"
     with pytest.raises(AutounetError, match="Task01_Demo, Task02_Demo2D"):
         find_task_name("Task07", ws)
+
+
+def test_match_across_layouts_and_by_name_part() -> None:
+    names = ["Task04_Hippocampus", "Task05_Prostate", "mytask"]
+    assert match_task_names("Dataset004_Hippocampus", names) == ["Task04_Hippocampus"]
+    assert match_task_names("hippocampus", names) == ["Task04_Hippocampus"]
+    assert match_task_names("Task004", names) == ["Task04_Hippocampus"]
+    assert match_task_names("Task04_Prostate", names) == []  # id and name must both agree
+    assert match_task_names("MyTask", names) == ["mytask"]
+    assert match_task_names("Task04_Hippocampus", names + ["Dataset004_Hippocampus"]) == ["Task04_Hippocampus"]
+
+
+HIPPO, PROSTATE = "Task04_Hippocampus", "Task05_Prostate"
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("Task04", HIPPO), ("4", HIPPO), ("004", HIPPO), ("Task004", HIPPO), ("Task04_Hippocampus", HIPPO),
+    ("Dataset004_Hippocampus", HIPPO), ("hippocampus", HIPPO), ("Task05", PROSTATE), ("Prostate", PROSTATE),
+    ("Task09", None), ("Task05_Hippocampus", None)])
+def test_every_stage_resolves_a_task_name_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str,
+                                                expected: str | None) -> None:
+    """plan_and_preprocess (raw folders), train (preprocessed) and predict (trained) agree on what a name means."""
+    from autounet.errors import DatasetError
+    from autounet.inference.model_choice import choose_task
+    from autounet.pipeline.dataset import find_task
+
+    ws = Workspace(tmp_path / "ws")
+    tasks = (HIPPO, PROSTATE)
+    for name in tasks:
+        (ws.raw / name).mkdir(parents=True)
+        (ws.results(name) / "3d_fullres" / "fold_0").mkdir(parents=True)
+    _preprocessed(ws, *tasks)
+    monkeypatch.chdir(tmp_path)
+    outcomes = []
+    for resolve in (lambda: find_task(query, ws).name, lambda: find_task_name(query, ws),
+                    lambda: choose_task(ws, query, tmp_path, [])):
+        try:
+            outcomes.append(resolve())
+        except (AutounetError, DatasetError):
+            outcomes.append(None)
+    assert outcomes == [expected] * 3

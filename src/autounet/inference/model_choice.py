@@ -73,18 +73,10 @@ def _task_from_cwd(workspace: Workspace, trained: list[str], cwd: Path) -> str |
 
 
 def _match_task(query: str, trained: list[str]) -> str | None:
-    """Exact name, else a unique trained task matching 'Task01', '1' or the name part."""
-    if query in trained:
-        return query
-    from autounet.pipeline.dataset import task_id_from_name
+    """The one trained task `query` names (the rule of every command), None if none or several."""
+    from autounet.pipeline.task_names import match_task_names
 
-    hits = []
-    for task in trained:
-        tid = task_id_from_name(task)
-        name_part = task.split("_", 1)[1] if "_" in task else task
-        if (query.isdigit() and tid == int(query)) or task.lower().startswith(query.lower() + "_") \
-                or name_part.lower() == query.lower():
-            hits.append(task)
+    hits = match_task_names(query, trained)
     return hits[0] if len(hits) == 1 else None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,12 @@ from typing import Any
 from autounet.errors import DatasetError
 from autounet.io.atomic import TMP_PREFIX, read_json
 from autounet.io.images import SUPPORTED_ENDINGS, file_ending, image_channel_count, split_channel_suffix
+from autounet.pipeline.task_names import TASK_FOLDER, match_task_names
 from autounet.pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 DATASET_JSON = "dataset.json"
-_TASK_FOLDER = re.compile(r"^(?P<prefix>Task|Dataset)(?P<id>\d+)(?:_(?P<name>.+))?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def find_task(name: str | os.PathLike[str], workspace: Workspace) -> Path:
     seen: list[str] = []
     for place in places:
         folders = sorted(p for p in place.iterdir() if p.is_dir()) if place.is_dir() else []
-        seen.extend(f"{place}/{p.name}" for p in folders if _TASK_FOLDER.match(p.name))
+        seen.extend(f"{place}/{p.name}" for p in folders if TASK_FOLDER.match(p.name))
         matches = _matching_folders(text, folders)
         if len(matches) == 1:
             return matches[0].resolve()
@@ -118,37 +117,15 @@ def find_task(name: str | os.PathLike[str], workspace: Workspace) -> Path:
 
 
 def _matching_folders(query: str, folders: Iterable[Path]) -> list[Path]:
-    """Folders matching `query`; an exact folder name wins over id matches."""
+    """Folders matching `query` by the rule of `task_names.match_task_names` (exact name first)."""
     folders = list(folders)
-    exact = [p for p in folders if p.name == query]
-    if exact:
-        return exact
-    q_id: int | None = None
-    q_name: str | None = None
-    if query.isdigit():
-        q_id = int(query)
-    else:
-        m = _TASK_FOLDER.match(query)
-        if m:
-            q_id, q_name = int(m.group("id")), m.group("name")
-        else:
-            q_name = query
-    out = []
-    for p in folders:
-        m = _TASK_FOLDER.match(p.name)
-        if m is None:
-            continue
-        if q_id is not None and int(m.group("id")) != q_id:
-            continue
-        if q_name is not None and (m.group("name") or "").lower() != q_name.lower():
-            continue
-        out.append(p)
-    return out
+    names = set(match_task_names(query, [p.name for p in folders]))
+    return [p for p in folders if p.name in names]
 
 
 def task_id_from_name(folder_name: str) -> int | None:
     """The integer id of a `TaskNN_Name` / `DatasetNNN_Name` folder, or None."""
-    m = _TASK_FOLDER.match(folder_name)
+    m = TASK_FOLDER.match(folder_name)
     return int(m.group("id")) if m else None
 
 

@@ -12,23 +12,44 @@ from pathlib import Path
 from autounet.errors import AutounetError
 from autounet.pipeline.workspace import Workspace
 
-_ID_PATTERN = re.compile(r"^(?:Task|Dataset)?0*(\d+)(?:_.*)?$", re.IGNORECASE)
+#: A task folder name: `Task01`, `Task001_Name`, `Dataset001_Name` (case-insensitive prefix).
+TASK_FOLDER = re.compile(r"^(?P<prefix>Task|Dataset)(?P<id>\d+)(?:_(?P<name>.+))?$", re.IGNORECASE)
+
+
+def parse_task_name(name: str) -> tuple[int | None, str | None]:
+    """(id, name part) of `Task01_Liver` -> (1, 'Liver'), `1` -> (1, None), `Liver` -> (None, 'Liver')."""
+    if name.isdigit():
+        return int(name), None
+    m = TASK_FOLDER.match(name)
+    if m:
+        return int(m.group("id")), m.group("name")
+    return None, name
 
 
 def task_id(name: str) -> int | None:
     """The integer id in `Task01`, `Task001_X`, `Dataset001_X` or `1`; None for other names."""
-    m = _ID_PATTERN.match(name)
-    return int(m.group(1)) if m else None
+    return parse_task_name(name)[0]
 
 
 def match_task_names(query: str, candidates: list[str]) -> list[str]:
-    """Candidates that `query` names: exact name first, else the same integer id."""
+    """Candidates that `query` names. The one rule every command uses (raw, preprocessed, trained).
+
+    An exact name wins. Otherwise the query's id (`1`, `Task01`, `Dataset001`) must equal the
+    candidate's and its name part (`Liver`, `Task01_Liver`) must equal the candidate's, ignoring
+    case; so `Dataset004_Hippocampus` finds `Task04_Hippocampus` and `hippocampus` finds both.
+    """
     if query in candidates:
         return [query]
-    qid = task_id(query)
-    if qid is None:
-        return [c for c in candidates if c.lower() == query.lower()]
-    return [c for c in candidates if task_id(c) == qid and (not query.count("_") or c == query)]
+    q_id, q_name = parse_task_name(query)
+    found = []
+    for candidate in candidates:
+        c_id, c_name = parse_task_name(candidate)
+        if q_id is not None and c_id != q_id:
+            continue
+        if q_name is not None and (c_name or "").lower() != q_name.lower():
+            continue
+        found.append(candidate)
+    return found
 
 
 def find_task_name(query: str | None, workspace: Workspace, require_preprocessed: bool = True) -> str:
