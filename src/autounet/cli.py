@@ -144,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         folds=args.folds, checkpoint=args.checkpoint, use_mirroring=not args.disable_tta,
         step_size=args.step_size, save_probabilities=args.save_probabilities,
         postprocess=not args.no_postprocessing, device=args.device, resume=args.resume,
-        num_parts=args.num_parts, part_id=args.part_id, precision=args.precision,
+        num_parts=args.num_parts, part_id=args.part_id, precision=args.precision, threads=args.threads,
     )
     print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
     for case, why in report.failed.items():
@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-postprocessing", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the network (default: all cores; 1 on a machine busy with other work)")
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
     p.add_argument("--num-parts", type=int, default=1)
     p.add_argument("--part-id", type=int, default=0)

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import SimpleITK as sitk
 
 from autounet.errors import AutounetError, DatasetError
@@ -54,7 +55,15 @@ def test_predicts_every_case_on_the_input_grid(ws, tmp_path):
     assert again.skipped == ["a", "b", "c"] and not again.written
 
 
-def test_msd_single_file_probabilities_and_postprocessing(ws, tmp_path):
+@pytest.fixture
+def restore_torch_threads():
+    """predict_folder sets torch's (process-wide) thread count; later tests get theirs back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_msd_single_file_probabilities_and_postprocessing(ws, tmp_path, restore_torch_threads):
     from autounet.postprocessing.decision import PostprocessingDecision, save_postprocessing
 
     run = ws.results("Task99_Toy") / "3d_fullres"
@@ -65,7 +74,7 @@ def test_msd_single_file_probabilities_and_postprocessing(ws, tmp_path):
     labels = _inputs(tmp_path / "in", ids=("x",), layout="msd")
     out = tmp_path / "out"
     report = predict_folder(ws, tmp_path / "in" / "x.nii.gz", out, device="cpu", save_probabilities=True,
-                            show_progress=False, cwd=tmp_path, folds=["0"])
+                            show_progress=False, cwd=tmp_path, folds=["0"], precision="fp32", threads=1)
     assert report.written == ["x"]
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "x.nii.gz")))
     from autounet.postprocessing.decision import apply_postprocessing, load_postprocessing
@@ -76,7 +85,9 @@ def test_msd_single_file_probabilities_and_postprocessing(ws, tmp_path):
     with np.load(out / "x.npz", allow_pickle=False) as npz:
         assert npz["probabilities"].shape == (3, *labels["x"].shape)
         assert npz["label_values"].tolist() == [0, 3, 7]
-    assert json.loads((out / "predict_info.json").read_text())["folds"] == {"3d_fullres": ["0"]}
+    info = json.loads((out / "predict_info.json").read_text())
+    assert info["folds"] == {"3d_fullres": ["0"]}
+    assert info["precision"] == "fp32" and info["threads"] == 1
 
 
 def test_refuses_output_equal_to_input(ws, tmp_path):

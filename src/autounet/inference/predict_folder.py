@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from autounet.errors import AutounetError
 from autounet.inference.export import save_prediction
@@ -25,6 +26,7 @@ from autounet.inference.export import save_probabilities as write_probabilities
 from autounet.inference.model_choice import ModelChoice, choose_model
 from autounet.inference.predictor import Predictor
 from autounet.io.atomic import write_json
+from autounet.pipeline.system import cpu_threads
 from autounet.pipeline.workspace import Workspace
 from autounet.planners.plans import load_plans
 
@@ -109,6 +111,7 @@ def predict_folder(
     show_progress: bool = True,
     cwd: Path | None = None,
     precision: str = "auto",
+    threads: int | None = None,
 ) -> PredictionReport:
     """Predict every case of `input_path` into `output_dir`; see the module docstring."""
     from autounet.pipeline.dataset import list_prediction_inputs
@@ -134,6 +137,10 @@ def predict_folder(
     predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size, precision)
                   for d in choice.run_dirs]
     plans = predictors[0].plans
+    if predictors[0].device.type == "cpu":
+        n_threads, why = cpu_threads(threads)
+        torch.set_num_threads(n_threads)
+        log.info("CPU threads for the network: %d (%s)", n_threads, why)
     used_folds = {p.run_dir.name: p.folds for p in predictors if p.run_dir is not None}
     log.info("model: %s", "; ".join(choice.reason))
     log.info("using %s; folds %s; %s checkpoint; mirroring %s; step size %g; postprocessing: %s",
@@ -155,6 +162,7 @@ def predict_folder(
         "reason": choice.reason,
         "device": str(predictors[0].device),
         "precision": predictors[0].precision,
+        "threads": torch.get_num_threads() if predictors[0].device.type == "cpu" else None,
         "num_parts": num_parts,
         "part_id": part_id,
         "versions": _versions(),

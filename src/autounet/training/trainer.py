@@ -29,6 +29,7 @@ from autounet.errors import AutounetError, CheckpointError
 from autounet.io.atomic import TMP_PREFIX
 from autounet.io.json_schema import to_dict
 from autounet.networks.precision import autocast, needs_grad_scaler, resolve_precision
+from autounet.pipeline.system import cpu_threads
 from autounet.planners.plans import ConfigurationPlan, Plans
 from autounet.training import metrics_log
 from autounet.training.checkpoint import (
@@ -158,22 +159,6 @@ def _default_workers() -> int:
     from autounet.training.data_loader import default_num_workers
 
     return int(default_num_workers())
-
-
-def cpu_threads(requested: int | None, world_size: int = 1) -> tuple[int, str]:
-    """Threads for the network on a CPU, and why: all cores, shared among DDP ranks.
-
-    Measured on an idle 2-core machine: a demo training step took 1.1 s with 2 threads and
-    2.0 s with 1 (data-loading workers run at lower priority and need about 2% of a core).
-    On a machine shared with other busy processes the pool's threads wait on each other and
-    1 thread can be twice as fast: `--threads 1`.
-    """
-    from autounet.pipeline.system import cpu_count
-
-    cores = cpu_count()
-    if requested is not None:
-        return max(1, requested), "--threads"
-    return max(1, cores // max(1, world_size)), f"{cores} core(s), {world_size} process(es)"
 
 
 @dataclass
