@@ -277,6 +277,28 @@ def test_precision_is_applied_and_recorded(tmp_path: Path, precision: str) -> No
     assert "precision" not in TrainingSettings.identity_fields()
 
 
+def test_fp16_path_with_gradient_scaler_trains_and_resumes_its_scale(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA default (fp16 autocast + gradient scaler) run on the CPU, where torch supports
+    both too: scaled backward, unscale before clipping, scaler state saved in the checkpoint."""
+    from autounet.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_precision", lambda requested, device: "fp16")
+    ws = make_toy_workspace(tmp_path)
+    settings = fast_settings(epochs=2, iters_per_epoch=3, val_iters=1, validate_at_end=False)
+    fold_dir = run_training(ws, TASK, "3d_fullres", 0, settings, loader_builder=toy_loader_builder)
+    rows = read_rows(fold_dir / "metrics.jsonl")
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+    saved = load_checkpoint(fold_dir / FINAL)
+    assert saved["grad_scaler"] is not None and saved["grad_scaler"]["scale"] > 0
+    plans = load_plans(ws.preprocessed(TASK) / "plans.json")
+    trainer = Trainer(plans, "3d_fullres", ws.preprocessed(TASK) / "3d_fullres", fold_dir, [], [], settings,
+                      loader_builder=toy_loader_builder)
+    assert trainer.grad_scaler is not None
+    trainer.load_state(saved, fold_dir / FINAL)
+    assert trainer.grad_scaler.get_scale() == pytest.approx(saved["grad_scaler"]["scale"])
+
+
 def test_2d_training_runs_and_saves_probabilities(tmp_path: Path) -> None:
     ws = make_toy_workspace(tmp_path, two_d=True)
     settings = fast_settings(epochs=2, iters_per_epoch=4, save_probabilities=True)
