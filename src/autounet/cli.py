@@ -141,10 +141,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     report = predict_folder(
         _workspace(args), Path(args.input), Path(args.output), task=args.task, configuration=args.configuration,
-        folds=args.folds, checkpoint=args.checkpoint, use_mirroring=not args.disable_tta,
+        folds=args.folds, checkpoint=args.checkpoint, use_mirroring=False if args.disable_tta else None,
         step_size=args.step_size, save_probabilities=args.save_probabilities,
         postprocess=not args.no_postprocessing, device=args.device, resume=args.resume,
         num_parts=args.num_parts, part_id=args.part_id, precision=args.precision, threads=args.threads,
+        preset=args.preset,
     )
     print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
     for case, why in report.failed.items():
@@ -367,8 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configuration", default=None)
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
     p.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
+    p.add_argument("--preset", choices=["accurate", "balanced", "fast"], default="accurate",
+                   help="accurate: every fold + mirroring (the reference method); balanced: every fold, no "
+                        "mirroring (8x fewer forwards in 3D); fast: first fold only, no mirroring")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (about 8x faster in 3D)")
-    p.add_argument("--step-size", type=float, default=0.5)
+    p.add_argument("--step-size", type=float, default=None, help="window step as a fraction of the patch (0.5)")
     p.add_argument("--save-probabilities", action="store_true")
     p.add_argument("--no-postprocessing", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])

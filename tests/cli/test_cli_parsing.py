@@ -37,7 +37,8 @@ def test_train_fold_errors(argv: list[str]) -> None:
 
 def test_predict_verbatim_line_parses() -> None:
     args = build_parser().parse_args(["predict", "-i", "imagesTs", "-o", "preds"])
-    assert (args.input, args.output, args.checkpoint, args.step_size) == ("imagesTs", "preds", "final", 0.5)
+    assert (args.input, args.output, args.checkpoint, args.preset) == ("imagesTs", "preds", "final", "accurate")
+    assert args.step_size is None and args.disable_tta is False  # the preset decides: step 0.5, mirroring
 
 
 def test_plan_and_preprocess_verbatim_line_parses() -> None:

@@ -24,7 +24,8 @@ from autounet.errors import AutounetError
 from autounet.inference.export import save_prediction
 from autounet.inference.export import save_probabilities as write_probabilities
 from autounet.inference.model_choice import ModelChoice, choose_model
-from autounet.inference.predictor import Predictor
+from autounet.inference.predictor import Predictor, trained_folds
+from autounet.inference.presets import DEFAULT_PRESET, get_preset, resolve_prediction_settings
 from autounet.io.atomic import write_json
 from autounet.pipeline.system import cpu_threads
 from autounet.pipeline.workspace import Workspace
@@ -100,8 +101,8 @@ def predict_folder(
     configuration: str | None = None,
     folds: Sequence[int | str] | None = None,
     checkpoint: str = "final",
-    use_mirroring: bool = True,
-    step_size: float = 0.5,
+    use_mirroring: bool | None = None,
+    step_size: float | None = None,
     save_probabilities: bool = False,
     postprocess: bool = True,
     device: str = "auto",
@@ -112,8 +113,13 @@ def predict_folder(
     cwd: Path | None = None,
     precision: str = "auto",
     threads: int | None = None,
+    preset: str = DEFAULT_PRESET,
 ) -> PredictionReport:
-    """Predict every case of `input_path` into `output_dir`; see the module docstring."""
+    """Predict every case of `input_path` into `output_dir`; see the module docstring.
+
+    `use_mirroring`, `step_size` and `folds` left as None come from `preset`
+    (`inference.presets`: accurate = every fold, mirroring, step 0.5).
+    """
     from autounet.pipeline.dataset import list_prediction_inputs
 
     input_path, output_dir = Path(input_path), Path(output_dir)
@@ -121,9 +127,14 @@ def predict_folder(
     if _same_folder(in_folder, output_dir):
         raise AutounetError(f"{output_dir}: the output folder is the input folder; predictions would mix with "
                             f"the images - choose another -o")
-    if not 0 < step_size <= 1:
+    get_preset(preset)
+    if step_size is not None and not 0 < step_size <= 1:
         raise AutounetError(f"--step-size must be in (0, 1], got {step_size}")
     choice = choose_model(workspace, task, configuration, cwd=cwd, checkpoint=checkpoint, postprocess=postprocess)
+    common = [f for f in trained_folds(choice.run_dirs[0], checkpoint)
+              if all(f in trained_folds(d, checkpoint) for d in choice.run_dirs[1:])]
+    use_mirroring, step_size, folds = resolve_prediction_settings(
+        preset, use_mirroring, step_size, None if folds is None else [str(f) for f in folds], common)
     decision = None
     if choice.postprocessing is not None:
         from autounet.postprocessing.decision import load_postprocessing
@@ -143,8 +154,8 @@ def predict_folder(
         log.info("CPU threads for the network: %d (%s)", n_threads, why)
     used_folds = {p.run_dir.name: p.folds for p in predictors if p.run_dir is not None}
     log.info("model: %s", "; ".join(choice.reason))
-    log.info("using %s; folds %s; %s checkpoint; mirroring %s; step size %g; postprocessing: %s",
-             ", ".join(d.name for d in choice.run_dirs), used_folds, checkpoint,
+    log.info("using %s (preset %s); folds %s; %s checkpoint; mirroring %s; step size %g; postprocessing: %s",
+             ", ".join(d.name for d in choice.run_dirs), preset, used_folds, checkpoint,
              "on" if use_mirroring else "off", step_size, decision.describe() if decision else "none")
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +165,7 @@ def predict_folder(
         "run_dirs": [str(d) for d in choice.run_dirs],
         "folds": used_folds,
         "checkpoint": checkpoint,
+        "preset": preset,
         "mirroring": bool(use_mirroring),
         "mirror_axes": {p.run_dir.name: p.mirror_axes for p in predictors if p.run_dir is not None},
         "step_size": step_size,
