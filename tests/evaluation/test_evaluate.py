@@ -133,6 +133,18 @@ def test_missing_prediction_is_listed_unless_allowed(folders):
     assert summary["missing_predictions"] == ["c"]
 
 
+def test_case_ids_restrict_the_evaluation_to_those_cases(folders):
+    """A fold's validation: only its cases count, other references and stray predictions are ignored."""
+    ref_dir, pred_dir = folders
+    (pred_dir / "c.nii.gz").unlink()
+    _write(np.zeros((2, 4, 4), np.uint8), pred_dir / "stale.nii.gz")  # e.g. from an earlier split
+    summary = evaluate_folder(ref_dir, pred_dir, [1, 2], case_ids=["a", "b"])
+    assert summary["num_cases"] == 2 and summary["missing_predictions"] == []
+    assert summary["mean"]["1"]["Dice"] == pytest.approx((2 / 3 + 1) / 2)
+    with pytest.raises(DatasetError, match=r"missing prediction\(s\) .*: c.nii.gz"):
+        evaluate_folder(ref_dir, pred_dir, [1, 2], case_ids=["a", "c"])
+
+
 def test_prediction_without_reference_is_an_error(folders):
     ref_dir, pred_dir = folders
     (ref_dir / "b.nii.gz").unlink()

@@ -225,13 +225,16 @@ def evaluate_folder(
     num_workers: int = 0,
     output_file: str | os.PathLike[str] | None = None,
     allow_missing: bool = False,
+    case_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every prediction in `pred_dir` against the same-named reference in `ref_dir`.
 
     Background (0) is never evaluated, as in the reference method; it may be passed along.
     A prediction without a reference is always an error; references without a prediction are an
     error unless `allow_missing` (e.g. when only some folds were trained). Writes the summary to
-    `output_file` (default `<pred_dir>/summary.json`) atomically and returns it.
+    `output_file` (default `<pred_dir>/summary.json`) atomically and returns it. `case_ids`
+    restricts references and predictions to those cases (a fold's validation cases among all
+    references, ignoring anything else in the folder).
     """
     metric_names = parse_metrics(metrics)
     labels = tuple(int(v) for v in label_values if int(v) != 0)
@@ -239,6 +242,10 @@ def evaluate_folder(
         raise AutounetError("evaluate: no foreground labels to evaluate; pass them, e.g. --labels 1 2")
     refs = list_label_files(ref_dir)
     preds = list_label_files(pred_dir)
+    if case_ids is not None:
+        wanted = set(case_ids)
+        refs = {n: path for n, path in refs.items() if strip_ending(n) in wanted}
+        preds = {n: path for n, path in preds.items() if strip_ending(n) in wanted}
     if not preds:
         raise DatasetError(
             f"{pred_dir}: no predictions found (expected files ending in {', '.join(SUPPORTED_ENDINGS)})"

@@ -191,7 +191,7 @@ def validate_fold(
         return None
     from autounet.evaluation.evaluate import evaluate_folder
 
-    return evaluate_folder(gt_dir, val_dir, plans.label_values[1:], metrics=("dice",), allow_missing=True)
+    return evaluate_folder(gt_dir, val_dir, plans.label_values[1:], metrics=("dice",), case_ids=val_ids)
 
 
 @contextlib.contextmanager
