@@ -102,7 +102,8 @@ def logits_to_segmentation_on_original_grid(
         resampled = resample(logits)
         if return_probabilities:
             probs = _softmax(resampled)
-            index = probs.argmax(0)
+            del resampled
+            index = torch.from_numpy(probs).argmax(0).numpy()  # first maximum, like np.argmax; no copy
             background = np.zeros(num_classes, dtype=np.float16)
             background[0] = 1
             full = np.broadcast_to(background.reshape(-1, 1, 1, 1), (num_classes, *props.shape_before_crop))
@@ -110,8 +111,8 @@ def logits_to_segmentation_on_original_grid(
             full[(slice(None),) + tuple(slice(a, b) for a, b in props.bbox)] = probs.astype(np.float16)
             probabilities = full
         else:
-            index = resampled.argmax(0)
-        del resampled
+            index = torch.from_numpy(resampled).argmax(0).numpy()
+            del resampled
 
     values = np.asarray(plans.label_values)
     seg_cropped = values[index].astype(smallest_label_dtype(plans.label_values))

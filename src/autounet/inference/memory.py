@@ -84,32 +84,31 @@ def estimate_prediction_memory_bytes(
 
 def estimate_export_memory_bytes(shape_after_crop: Sequence[int], shape_before_crop: Sequence[int],
                                  num_classes: int, return_probabilities: bool) -> int:
-    """Peak bytes of export: resampled float32 classes (all, or two at a time) plus the outputs."""
+    """Peak bytes of export under `choose_export_strategy`'s choice.
+
+    Probabilities: every class resampled (float32) and its softmax (float32) at once, plus the
+    full-volume float16 probabilities and the label map. Label map only: two resampled classes
+    (running maximum and the current class) and the int16 index, plus the label map.
+    """
     cropped = prod(int(s) for s in shape_after_crop)
     full = prod(int(s) for s in shape_before_crop)
     if return_probabilities:
-        return cropped * num_classes * 4 + full * num_classes * 2 + full * 4
-    return cropped * 4 * 3 + full * 4
+        return cropped * num_classes * 4 * 2 + full * num_classes * 2 + full * 4
+    return cropped * (4 * 2 + 2) + full * 4
 
 
-def choose_export_strategy(shape_after_crop: Sequence[int], num_classes: int, return_probabilities: bool,
-                           available_bytes: float | None = None) -> str:
-    """'all_classes' (one resampling call for every class) or 'class_by_class'.
+def choose_export_strategy(shape_after_crop: Sequence[int], num_classes: int, return_probabilities: bool) -> str:
+    """'all_classes' (every class resampled at once) or 'class_by_class' (a running maximum).
 
     Class by class keeps only a running maximum and its index, so its peak memory does not
-    grow with the number of classes; the argmax is identical because resampling acts on each
-    channel independently. It needs probabilities not to be requested (softmax needs all
-    classes at once). Argmax-before-resampling is not offered: it changes the result.
+    grow with the number of classes, and the argmax is identical because resampling acts on
+    each channel independently. It is also faster: numpy's argmax over the class axis of a
+    (K, z, y, x) array copies the array first (measured on a 41-class CT case exported to
+    48x512x512: 10.5 s and 0.7 GB class by class, 20.8 s and 4.5 GB all at once). Only
+    probabilities need every class at once (the softmax). Argmax-before-resampling is not
+    offered: it changes the result.
     """
-    if return_probabilities or num_classes <= 2:
-        return "all_classes"
-    needed = prod(int(s) for s in shape_after_crop) * num_classes * 4
-    if available_bytes is None:
-        from autounet.pipeline.system import available_ram_gb
-
-        gb = available_ram_gb()
-        available_bytes = gb * 1024**3 if gb == gb else float("inf")
-    return "all_classes" if needed < 0.25 * available_bytes else "class_by_class"
+    return "all_classes" if return_probabilities else "class_by_class"
 
 
 def free_device_memory_bytes(device: object) -> int | None:
