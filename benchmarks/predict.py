@@ -138,9 +138,12 @@ def _prepare_models(args: argparse.Namespace, work: Path, device: str) -> tuple[
     (autounet workspace, task folder, nnU-Net environment, prediction input folder)."""
     import _nnunet as nn_bench
 
-    task = work / f"Task{args.nnunet_dataset_id % 100:02d}_Bench"
-    if not (task / "dataset.json").is_file():
-        nn_bench.write_benchmark_task(task, args.cases, args.shape, 0)
+    if args.task_dir is not None:
+        task = Path(args.task_dir).resolve()  # a given MSD task (at least 5 training cases for fold 0)
+    else:
+        task = work / f"Task{args.nnunet_dataset_id % 100:02d}_Bench"
+        if not (task / "dataset.json").is_file():
+            nn_bench.write_benchmark_task(task, args.cases, args.shape, 0)
     workspace = work / "ws_autounet"
     plans_path = nn_bench.autounet_plan(task, workspace, 2, CONFIGURATION, 8.0)
     env, _ = nn_bench.prepare_nnunet(Path(args.nnunet_python), task, args.nnunet_dataset_id, work / "nnunet", 2,
@@ -163,9 +166,15 @@ def _prepare_models(args: argparse.Namespace, work: Path, device: str) -> tuple[
 
     input_dir = work / "predict_input"
     shutil.rmtree(input_dir, ignore_errors=True)
-    first = sorted((task / "imagesTr").glob("*.nii.gz"))[0]
-    write_prediction_case(first, input_dir / f"{first.name[:-len('.nii.gz')]}_0000.nii.gz",  # a name both read
-                          args.predict_shape or args.shape)
+    if args.input_case is not None:
+        import SimpleITK as sitk
+
+        input_dir.mkdir(parents=True)
+        sitk.WriteImage(sitk.ReadImage(str(args.input_case)), str(input_dir / "case_0000.nii.gz"), True)
+    else:
+        first = sorted((task / "imagesTr").glob("*.nii.gz"))[0]
+        write_prediction_case(first, input_dir / f"{first.name[:-len('.nii.gz')]}_0000.nii.gz",  # a name both read
+                              args.predict_shape or args.shape)
     return workspace, task, env, input_dir
 
 
@@ -221,7 +230,9 @@ def compare_with_nnunet(args: argparse.Namespace) -> int:
                       "peak_tree_rss_mib": statistics.median(m.peak_tree_rss_bytes for m in ms) / MIB,
                       "largest_process_mib": statistics.median(m.largest_process_rss_bytes for m in ms) / MIB,
                       "runs_s": [m.wall_s for m in ms]} for key, ms in runs.items()}
-        print(f"predict, {CONFIGURATION}, one case of {'x'.join(map(str, args.predict_shape or args.shape))}, device {device}, step 0.5, "
+        what = (f"{args.input_case} (task {task.name})" if args.input_case is not None
+                else "x".join(map(str, args.predict_shape or args.shape)))
+        print(f"predict, {CONFIGURATION}, one case of {what}, device {device}, step 0.5, "
               f"fold 0, autounet --precision {args.precision}, whole command (start-up included), {args.repeats} run(s) each, {os.cpu_count()} CPU cores, "
               f"load average {load_start} at start, {load_end} at end; nnunetv2 "
               f"{nn_bench.nnunet_version(python)} with -npp 1 -nps 1")
@@ -267,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --nnunet-python: shape of the predicted case (default --shape; larger = more "
                              "sliding-window positions at the same spacing)")
     parser.add_argument("--nnunet-dataset-id", type=int, default=978, help="dataset id used on the nnU-Net side")
+    parser.add_argument("--task-dir", type=Path, default=None,
+                        help="with --nnunet-python: an MSD task folder to train on instead of a generated one "
+                             "(at least 5 training cases)")
+    parser.add_argument("--input-case", type=Path, default=None,
+                        help="with --nnunet-python: the image to predict (any readable format, one channel) "
+                             "instead of a resized training case")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="with --nnunet-python: where to put everything (default: a temp dir, removed)")
     parser.add_argument("--json", type=Path, default=None, help="with --nnunet-python: also write the figures here")

@@ -91,3 +91,25 @@ def test_summarize_drops_the_warm_up_epoch_and_takes_medians() -> None:
     assert summary.steady_epoch_s == pytest.approx(9.5)  # median of 11 and 8
     assert summary.iters_per_s == pytest.approx(4 / 9.5)
     assert summary.voxels_per_s == pytest.approx(4000 / 9.5)
+
+
+def test_real_ct_task_has_consecutive_labels_and_six_cases(shared_data_dir: Path, tmp_path: Path) -> None:
+    """The real-CT benchmark task: 41 TotalSegmentator classes renumbered 0..40 for nnU-Net."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    import real_ct_task
+
+    out = tmp_path / "Task76_TotalCt"
+    assert real_ct_task.write_task(shared_data_dir, out) == 41
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["numTraining"] == 6 and sorted(map(int, dataset["labels"])) == list(range(41))
+    found = set()
+    for entry in dataset["training"]:
+        label = sitk.ReadImage(str(out / entry["label"]))
+        image = sitk.ReadImage(str(out / entry["image"]))
+        assert label.GetSize() == image.GetSize() and label.GetSpacing() == image.GetSpacing()
+        found |= set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
+    assert found == set(range(41))
