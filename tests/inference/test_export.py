@@ -65,8 +65,8 @@ def test_class_by_class_equals_all_classes(monkeypatch):
     plans = make_plans([1.0, 1.0, 1.0])
     data, seg, props, _ = preprocess_case(image, values, geometry, plans, "3d_fullres")
     logits = np.random.default_rng(0).normal(size=(3, *data.shape[1:])).astype(np.float32)
-    assert export.choose_export_strategy(props.shape_after_crop, 3, return_probabilities=False) == "class_by_class"
-    assert export.choose_export_strategy(props.shape_after_crop, 3, return_probabilities=True) == "all_classes"
+    assert export.choose_export_strategy(return_probabilities=False) == "class_by_class"
+    assert export.choose_export_strategy(return_probabilities=True) == "all_classes"
     by_class, _ = logits_to_segmentation_on_original_grid(logits, props, plans, "3d_fullres")
     monkeypatch.setattr(export, "choose_export_strategy", lambda *a, **k: "all_classes")
     all_classes, _ = logits_to_segmentation_on_original_grid(logits, props, plans, "3d_fullres")

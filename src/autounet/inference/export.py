@@ -90,7 +90,7 @@ def logits_to_segmentation_on_original_grid(
     if logits.ndim != 4 or logits.shape[0] != num_classes:
         raise ValueError(f"expected logits (K={num_classes}, z, y, x), got shape {tuple(logits.shape)}")
     resample = _resampler(props, plans, configuration_name)
-    strategy = choose_export_strategy(props.shape_after_crop, num_classes, return_probabilities)
+    strategy = choose_export_strategy(return_probabilities)
     log.info("export of %s: %s, estimated %.2f GiB", props.case_id or "case", strategy.replace("_", " "),
              estimate_export_memory_bytes(props.shape_after_crop, props.shape_before_crop, num_classes,
                                           return_probabilities) / 1024**3)

@@ -97,7 +97,7 @@ def estimate_export_memory_bytes(shape_after_crop: Sequence[int], shape_before_c
     return cropped * (4 * 2 + 2) + full * 4
 
 
-def choose_export_strategy(shape_after_crop: Sequence[int], num_classes: int, return_probabilities: bool) -> str:
+def choose_export_strategy(return_probabilities: bool) -> str:
     """'all_classes' (every class resampled at once) or 'class_by_class' (a running maximum).
 
     Class by class keeps only a running maximum and its index, so its peak memory does not
