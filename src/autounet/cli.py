@@ -16,6 +16,7 @@ from pathlib import Path
 
 from autounet import __version__
 from autounet.errors import AutounetError
+from autounet.inference.presets import DEFAULT_PRESET, PRESETS
 from autounet.networks.precision import PRECISIONS
 from autounet.pipeline.workspace import Workspace, resolve_workspace
 
@@ -24,6 +25,7 @@ log = logging.getLogger("autounet")
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 PRECISION_HELP = ("numeric precision of the network: auto = fp16 autocast on CUDA, bf16 autocast on CPUs with "
                   "native bfloat16 (AVX512_BF16/AMX, 2-2.5x faster), else fp32")
+THREADS_HELP = "CPU threads for the network (default: all cores; 1 on a machine busy with other work)"
 _FORMATTER = functools.partial(argparse.HelpFormatter, width=100)
 
 
@@ -346,8 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--workers", type=int, default=None,
                    help="data-loading processes (default: from CPU cores and RAM; 0 = main process)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the network (default: all cores; 1 on a machine busy with other work)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from pretrained weights")
@@ -368,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configuration", default=None)
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
     p.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
-    p.add_argument("--preset", choices=["accurate", "balanced", "fast"], default="accurate",
+    p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help="accurate: every fold + mirroring (the reference method); balanced: every fold, no "
                         "mirroring (8x fewer forwards in 3D); fast: first fold only, no mirroring")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (about 8x faster in 3D)")
@@ -377,8 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-postprocessing", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the network (default: all cores; 1 on a machine busy with other work)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
     p.add_argument("--num-parts", type=int, default=1)
     p.add_argument("--part-id", type=int, default=0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from autounet.errors import AutounetError
 from autounet.inference.predictor import CHECKPOINT_FILES, configuration_of_run, trained_folds
+from autounet.pipeline.task_names import match_task_names
 from autounet.pipeline.workspace import Workspace
 from autounet.planners.plans import CONFIGURATION_NAMES
 
@@ -74,8 +75,6 @@ def _task_from_cwd(workspace: Workspace, trained: list[str], cwd: Path) -> str |
 
 def _match_task(query: str, trained: list[str]) -> str | None:
     """The one trained task `query` names (the rule of every command), None if none or several."""
-    from autounet.pipeline.task_names import match_task_names
-
     hits = match_task_names(query, trained)
     return hits[0] if len(hits) == 1 else None
 

@@ -131,8 +131,8 @@ def predict_folder(
     if step_size is not None and not 0 < step_size <= 1:
         raise AutounetError(f"--step-size must be in (0, 1], got {step_size}")
     choice = choose_model(workspace, task, configuration, cwd=cwd, checkpoint=checkpoint, postprocess=postprocess)
-    common = [f for f in trained_folds(choice.run_dirs[0], checkpoint)
-              if all(f in trained_folds(d, checkpoint) for d in choice.run_dirs[1:])]
+    others = [set(trained_folds(d, checkpoint)) for d in choice.run_dirs[1:]]
+    common = [f for f in trained_folds(choice.run_dirs[0], checkpoint) if all(f in o for o in others)]
     use_mirroring, step_size, folds = resolve_prediction_settings(
         preset, use_mirroring, step_size, None if folds is None else [str(f) for f in folds], common)
     decision = None
