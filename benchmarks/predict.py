@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from autounet.networks.precision import PRECISIONS  # noqa: E402
+
 log = logging.getLogger("benchmarks.predict")
 
 DEMO_SHAPE = (64, 96, 96)
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", nargs="+", default=None)
     parser.add_argument("--shape", nargs=3, type=int, default=list(DEMO_SHAPE), help="demo case shape (z y x)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autounet's --precision (nnU-Net runs its own default: fp32 on CPU, fp16 on CUDA)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--nnunet-python", default=None,

@@ -53,6 +53,7 @@ from data_loading import measure as loader_batches_per_s  # noqa: E402
 from data_loading import spec_from_plans  # noqa: E402
 from plan_and_preprocess import _StringSink  # noqa: E402
 
+from autounet.networks.precision import PRECISIONS  # noqa: E402
 from autounet.planners.plans import load_plans  # noqa: E402
 
 log = logging.getLogger("benchmarks.train_throughput")
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", default="0,1,2", help="worker counts for the data-loading figures")
     p.add_argument("--loader-batches", type=int, default=10, help="timed batches per data-loading row")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="autounet's --precision (auto: bf16 on CPUs with native bfloat16, fp16 on CUDA); "
                         "nnU-Net runs its own default (fp32 on CPU, fp16 autocast on CUDA)")
     p.add_argument("--repeats", type=int, default=1, help="training runs per tool, alternating; medians reported")
