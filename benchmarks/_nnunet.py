@@ -122,14 +122,16 @@ def read_autounet_epoch_times(fold_dir: Path) -> list[float]:
 
 
 def _train_autounet_inline(args: argparse.Namespace) -> None:
-    """Train fold 0 without the final full-case validation; prints the fold folder as the last line."""
+    """Train one fold (by default fold 0 without the final full-case validation); prints the fold folder last."""
     from autounet.training.run_training import run_training
     from autounet.training.settings import TrainingSettings
 
     settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters, val_iters=args.val_iters,
-                                device=args.device, workers=args.workers, validate_at_end=False,
-                                precision=args.precision)
-    fold_dir = run_training(args.workspace, args.task, args.configuration, 0, settings)
+                                device=args.device, workers=args.workers, validate_at_end=args.validate,
+                                precision=args.precision, augment=not args.no_augment,
+                                spatial_augmentation=args.spatial, disabled_augmentations=list(args.disable),
+                                seed=args.seed)
+    fold_dir = run_training(args.workspace, args.task, args.configuration, args.fold, settings)
     sys.stdout.write(f"{fold_dir}\n")
 
 
@@ -285,7 +287,7 @@ def nnunet_predict_command(python: Path, dataset_id: int, configuration: str, in
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="subprocess entries of the side-by-side benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("autounet-train", help="train fold 0 in this process, no final validation")
+    train = sub.add_parser("autounet-train", help="train one fold in this process (final validation optional)")
     train.add_argument("--workspace", type=Path, required=True)
     train.add_argument("--task", required=True)
     train.add_argument("--configuration", default="3d_fullres")
@@ -295,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--workers", type=int, default=2)
     train.add_argument("--device", default="cpu")
     train.add_argument("--precision", default="auto")
+    train.add_argument("--fold", default="0")
+    train.add_argument("--seed", type=int, default=12345)
+    train.add_argument("--validate", action="store_true", help="also predict and evaluate the validation cases")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--spatial", default="affine")
+    train.add_argument("--disable", nargs="*", default=[], help="augmentations to switch off")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     _train_autounet_inline(args)

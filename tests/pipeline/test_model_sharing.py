@@ -305,3 +305,112 @@ def test_poisoned_checkpoint_refusal_names_the_archive_and_member(
     message = str(info.value)
     assert message.startswith(f"{hostile}: refused, member {TASK}/{rel}")
     assert ".tmp-install" not in message
+
+
+# ---------------------------------------------------------------------------------------------- what an install may replace
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _archive_with(archive: Path, dst: Path, manifest_changes: dict, add: dict[str, bytes]) -> Path:
+    """A copy of `archive` with members added under the task folder, listed with correct checksums."""
+    manifest = _manifest(archive)
+    manifest.update(manifest_changes)
+    for rel, data in add.items():
+        manifest["files"][rel] = hashlib.sha256(data).hexdigest()
+    return _rewrite(archive, dst, replace={MANIFEST: json.dumps(manifest).encode()},
+                    add=tuple((f"{TASK}/{rel}", data) for rel, data in add.items()))
+
+
+def test_member_of_an_undeclared_run_is_refused_and_the_existing_run_survives(
+    archive: Path, source: Workspace, tmp_path: Path
+) -> None:
+    """Found by an attack: `runs: []` plus one listed member used to delete the whole existing run."""
+    existing = source.results(TASK) / RUN
+    before = _tree_digest(existing)
+    manifest = _manifest(archive)
+    only_plans = {f"{RUN}/plans.json": manifest["files"][f"{RUN}/plans.json"]}
+    hostile = _rewrite(archive, tmp_path / "hostile.zip",
+                       drop=tuple(f"{TASK}/{rel}" for rel in manifest["files"] if rel not in only_plans),
+                       replace={MANIFEST: json.dumps({**manifest, "runs": [], "files": only_plans}).encode()})
+    with pytest.raises(AutounetError, match=f"'{RUN}/plans.json', which belongs to no run declared"):
+        install_model(hostile, source, overwrite=True)
+    assert _tree_digest(existing) == before
+
+
+def test_best_configuration_is_not_replaced_without_overwrite(archive: Path, target: Workspace,
+                                                             tmp_path: Path) -> None:
+    best = target.results(TASK) / "best_configuration.json"
+    best.parent.mkdir(parents=True)
+    best.write_text('{"mine": true}', encoding="utf-8")
+    hostile = _archive_with(archive, tmp_path / "hostile.zip", {}, {"best_configuration.json": b'{"theirs": 1}'})
+    with pytest.raises(AutounetError, match="best_configuration.json: already installed"):
+        install_model(hostile, target)
+    assert best.read_text(encoding="utf-8") == '{"mine": true}'
+    assert not (target.results(TASK) / RUN).exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b", ""])
+def test_invalid_run_names_are_refused(archive: Path, target: Workspace, tmp_path: Path, name: str) -> None:
+    hostile = _archive_with(archive, tmp_path / "hostile.zip", {"runs": [RUN, name]}, {})
+    with pytest.raises(AutounetError, match="invalid run name"):
+        install_model(hostile, target)
+    assert _installed(target) == []
+
+
+def test_a_failed_replacement_leaves_the_old_run_intact(archive: Path, target: Workspace,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    install_model(archive, target)
+    run = target.results(TASK) / RUN
+    (run / "fold_0" / "note.txt").write_text("trained here", encoding="utf-8")
+    before = _tree_digest(run)
+    real_rename = Path.rename
+
+    def failing_rename(self: Path, dest: Path) -> Path:  # the new copy cannot be moved into place
+        if ".tmp-install" in str(self):
+            raise OSError(28, "No space left on device")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError):
+        install_model(archive, target, overwrite=True)
+    monkeypatch.undo()
+    assert _tree_digest(run) == before
+    assert [p.name for p in target.results(TASK).iterdir()] == [RUN]
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+
+
+def test_deflate_bomb_is_refused_before_extraction(archive: Path, target: Workspace, tmp_path: Path) -> None:
+    bomb = bytes(64 * 1024**2)  # 64 MiB of zeros deflate to about 64 KiB
+    hostile = _archive_with(archive, tmp_path / "hostile.zip", {}, {f"{RUN}/fold_0/extra.bin": bomb})
+    assert hostile.stat().st_size < 2 * 1024**2
+    with pytest.raises(AutounetError, match=r"expands .* \(ratio above 100: a decompression bomb\?\)"):
+        install_model(hostile, target)
+    assert _installed(target) == []
+
+
+def test_archive_larger_than_the_free_disk_is_refused(archive: Path, target: Workspace,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(AutounetError, match=r"needs 0\.\d+ GiB but .* has 0\.00 GiB free; free disk space first"):
+        install_model(archive, target)
+    assert _installed(target) == []
+
+
+def test_declared_sizes_above_any_model_are_refused(archive: Path, target: Workspace, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from autounet.pipeline import model_sharing
+
+    monkeypatch.setattr(model_sharing, "MAX_ARCHIVE_BYTES", 1000)
+    with pytest.raises(AutounetError, match="larger than any model"):
+        install_model(archive, target)
+    assert _installed(target) == []

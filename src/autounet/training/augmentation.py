@@ -31,6 +31,7 @@ from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 from scipy import ndimage
 
 from autounet.inference.cascade import foreground_one_hot
+from autounet.training.augmentation_switches import SPATIAL_IMPLEMENTATIONS, check_augmentation_names
 
 Rotation = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
 
@@ -544,6 +545,7 @@ def training_transforms(
     elastic: bool = False,
     spatial_impl: str = "affine",
     cascade_num_classes: int = 0,
+    disabled: Sequence[str] = (),
 ) -> Compose:
     """The reference's training augmentation (section 6, steps 1-14 and 16), in that order.
 
@@ -553,37 +555,44 @@ def training_transforms(
     our faster equivalent of batchgenerators' SpatialTransform, which "batchgenerators" selects
     (and which elastic deformation always uses). `cascade_num_classes` K > 0 means "seg" carries
     the previous stage's segmentation as channel 1, which step 14 turns into K-1 data channels.
+    `disabled` names augmentations (AUGMENTATION_NAMES) to leave out, for ablations; a disabled
+    "spatial" still centre-crops the enlarged patch to `patch_size`.
     """
     patch_size = [int(p) for p in patch_size]
+    off = set(check_augmentation_names(disabled))
+    if spatial_impl not in SPATIAL_IMPLEMENTATIONS:
+        raise ValueError(f"spatial_impl must be 'affine' or 'batchgenerators', got {spatial_impl!r}")
     transforms: list[AbstractTransform] = []
     if dummy_2d:
         transforms.append(Convert3DTo2DTransform())
         spatial_patch = patch_size[1:]
     else:
         spatial_patch = patch_size
+    p_rotation, p_scale = (0.0, 0.0) if "spatial" in off else (P_ROTATION, P_SCALE)
     if elastic or spatial_impl == "batchgenerators":
-        transforms.append(batchgenerators_spatial(spatial_patch, rotation, elastic))
-    elif spatial_impl == "affine":
-        transforms.append(AffineSpatialTransform(spatial_patch, rotation, P_ROTATION, SCALE_RANGE, P_SCALE))
+        transforms.append(batchgenerators_spatial(spatial_patch, rotation, elastic and "spatial" not in off,
+                                                  p_rotation, p_scale))
     else:
-        raise ValueError(f"spatial_impl must be 'affine' or 'batchgenerators', got {spatial_impl!r}")
+        transforms.append(AffineSpatialTransform(spatial_patch, rotation, p_rotation, SCALE_RANGE, p_scale))
     if dummy_2d:
         transforms.append(Convert2DTo3DTransform())
-    transforms += [
-        GaussianNoiseTransform(noise_variance=NOISE_SIGMA, p_per_sample=P_NOISE, per_channel=False),
-        GaussianBlurTransform(BLUR_SIGMA, different_sigma_per_channel=True, different_sigma_per_axis=True,
-                              p_per_sample=P_BLUR, p_per_channel=P_BLUR_PER_CHANNEL),
-        MultiplicativeBrightnessTransform(BRIGHTNESS_RANGE, p_per_sample=P_BRIGHTNESS),
-        ContrastAugmentationTransform(CONTRAST_RANGE, preserve_range=True, per_channel=True,
-                                      p_per_sample=P_CONTRAST),
-        SimulateLowResolutionTransform(zoom_range=LOW_RES_ZOOM, per_channel=True, p_per_channel=P_LOW_RES_PER_CHANNEL,
-                                       order_downsample=0, order_upsample=1, p_per_sample=P_LOW_RES,
-                                       ignore_axes=(0,) if dummy_2d else None),
-        GammaTransform(GAMMA_RANGE, invert_image=True, per_channel=True, retain_stats=True,
-                       p_per_sample=P_GAMMA_INVERTED),
-        GammaTransform(GAMMA_RANGE, invert_image=False, per_channel=True, retain_stats=True, p_per_sample=P_GAMMA),
+    intensity: list[tuple[str, AbstractTransform]] = [
+        ("noise", GaussianNoiseTransform(noise_variance=NOISE_SIGMA, p_per_sample=P_NOISE, per_channel=False)),
+        ("blur", GaussianBlurTransform(BLUR_SIGMA, different_sigma_per_channel=True, different_sigma_per_axis=True,
+                                       p_per_sample=P_BLUR, p_per_channel=P_BLUR_PER_CHANNEL)),
+        ("brightness", MultiplicativeBrightnessTransform(BRIGHTNESS_RANGE, p_per_sample=P_BRIGHTNESS)),
+        ("contrast", ContrastAugmentationTransform(CONTRAST_RANGE, preserve_range=True, per_channel=True,
+                                                   p_per_sample=P_CONTRAST)),
+        ("low_resolution", SimulateLowResolutionTransform(
+            zoom_range=LOW_RES_ZOOM, per_channel=True, p_per_channel=P_LOW_RES_PER_CHANNEL, order_downsample=0,
+            order_upsample=1, p_per_sample=P_LOW_RES, ignore_axes=(0,) if dummy_2d else None)),
+        ("gamma_inverted", GammaTransform(GAMMA_RANGE, invert_image=True, per_channel=True, retain_stats=True,
+                                          p_per_sample=P_GAMMA_INVERTED)),
+        ("gamma", GammaTransform(GAMMA_RANGE, invert_image=False, per_channel=True, retain_stats=True,
+                                 p_per_sample=P_GAMMA)),
     ]
-    if mirror_axes:
+    transforms += [t for name, t in intensity if name not in off]
+    if mirror_axes and "mirror" not in off:
         transforms.append(MirrorTransform(tuple(mirror_axes)))
     masked = [c for c, use in enumerate(use_mask_for_norm) if use]
     if masked:

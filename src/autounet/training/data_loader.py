@@ -353,6 +353,7 @@ class BatchSpec:
     spatial_impl: str = "affine"
     previous_stage_folder: str | None = None
     num_classes: int = 0
+    disabled_augmentations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.previous_stage_folder is not None and self.num_classes < 2:
@@ -391,7 +392,7 @@ class BatchMaker:
             self.transforms = training_transforms(
                 spec.patch_size, params.rotation, params.dummy_2d, params.mirror_axes, scales,
                 spec.use_mask_for_norm, elastic=spec.elastic, spatial_impl=spec.spatial_impl,
-                cascade_num_classes=cascade_classes,
+                cascade_num_classes=cascade_classes, disabled=spec.disabled_augmentations,
             )
         else:
             initial = tuple(spec.patch_size)
@@ -440,6 +441,8 @@ def build_dataloaders(
     pin_memory: bool = False,
     elastic: bool = False,
     previous_stage_folder: str | Path | None = None,
+    spatial_impl: str = "affine",
+    disabled_augmentations: Sequence[str] = (),
 ) -> tuple[BackgroundBatches, BackgroundBatches]:
     """(train_batches, val_batches): endless iterators of torch batches for the trainer.
 
@@ -447,6 +450,8 @@ def build_dataloaders(
     augmented, by about half as many workers. Call `close()` on both (or use them as context
     managers) to stop their processes. `previous_stage_folder` (cascade) appends the one-hot
     of each case's previous-stage segmentation found there to the image channels.
+    `spatial_impl` and `disabled_augmentations` select ablation variants of the training
+    augmentation (see `augmentation.training_transforms`).
     """
     cfg = plans.configuration(configuration_name)
     scales = tuple(tuple(float(x) for x in s) for s in deep_supervision_scales) if deep_supervision_scales else None
@@ -462,7 +467,8 @@ def build_dataloaders(
         previous_stage_folder=str(previous_stage_folder) if previous_stage_folder is not None else None,
         num_classes=plans.num_classes,
     )
-    train_spec = BatchSpec(case_ids=tuple(train_ids), augment=augment, **common)  # type: ignore[arg-type]
+    train_spec = BatchSpec(case_ids=tuple(train_ids), augment=augment, spatial_impl=spatial_impl,  # type: ignore[arg-type]
+                           disabled_augmentations=tuple(disabled_augmentations), **common)
     val_spec = BatchSpec(case_ids=tuple(val_ids), augment=False, **common)  # type: ignore[arg-type]
     val_workers = max(1, num_workers // 2) if num_workers > 0 else 0
     train = BackgroundBatches(train_spec, num_workers, seed, pin_memory=pin_memory, stream=0, name="train")

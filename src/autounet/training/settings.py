@@ -13,6 +13,7 @@ from typing import Any
 
 from autounet.errors import AutounetError
 from autounet.networks.precision import PRECISIONS
+from autounet.training.augmentation_switches import AUGMENTATION_NAMES, SPATIAL_IMPLEMENTATIONS
 
 DEFAULT_EPOCHS = 1000
 DEFAULT_ITERS_PER_EPOCH = 250
@@ -40,6 +41,8 @@ class TrainingSettings:
     grad_clip: float = 12.0
     oversample: float = 0.33
     augment: bool = True
+    spatial_augmentation: str = "affine"
+    disabled_augmentations: list[str] = field(default_factory=list)
     ema_momentum: float = 0.9
     deterministic: bool = False
     init_from: str | None = _free(None)
@@ -70,6 +73,13 @@ class TrainingSettings:
             raise AutounetError(f"{where}: lr and grad_clip must be positive")
         if not 0.0 <= self.oversample <= 1.0:
             raise AutounetError(f"{where}: oversample must be within [0, 1], got {self.oversample}")
+        if self.spatial_augmentation not in SPATIAL_IMPLEMENTATIONS:
+            raise AutounetError(f"{where}: spatial_augmentation must be one of {', '.join(SPATIAL_IMPLEMENTATIONS)}, "
+                                f"got '{self.spatial_augmentation}'")
+        unknown = [n for n in self.disabled_augmentations if n not in AUGMENTATION_NAMES]
+        if unknown:
+            raise AutounetError(f"{where}: disabled_augmentations: unknown {unknown}; known: "
+                                f"{', '.join(AUGMENTATION_NAMES)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise AutounetError(f"{where}: ema_momentum must be within [0, 1), got {self.ema_momentum}")
 

@@ -322,7 +322,8 @@ class Trainer:
         return builder(self.data_folder, self.train_ids, self.val_ids, plans, self.configuration_name,
                        self.ds_scales, workers, rank_seed(self.settings.seed, self.state.next_epoch, self.ctx.rank),
                        augment=self.settings.augment, oversample_foreground=self.settings.oversample,
-                       pin_memory=self.device.type == "cuda", **cascade)
+                       pin_memory=self.device.type == "cuda", spatial_impl=self.settings.spatial_augmentation,
+                       disabled_augmentations=tuple(self.settings.disabled_augmentations), **cascade)
 
     def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
