@@ -217,8 +217,7 @@ def run_nnunet(args: argparse.Namespace, task_dir: Path, plans_path: Path, split
     base = work / "nnunet"
     env, notes = nn_bench.prepare_nnunet(args.nnunet_python, task_dir, args.nnunet_dataset_id, base, 2,
                                          args.configuration, plans_path)
-    for note in notes:
-        log.info("nnU-Net plans: %s", note)
+    del notes  # prepare_nnunet logs them
     preprocessed = nn_bench.nnunet_dataset_folder(Path(env["nnUNet_preprocessed"]), args.nnunet_dataset_id)
     folds = [{"train": [], "val": []} for _ in range(args.fold)] + [{"train": split[0], "val": split[1]}]
     (preprocessed / "splits_final.json").write_text(json.dumps(folds))

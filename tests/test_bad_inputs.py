@@ -336,6 +336,45 @@ def predict_output_is_input(s: Scene) -> Expect:
     return Expect(_predict(s, output=s.images), (str(s.images), "the output folder is the input folder"))
 
 
+def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
+    """A real .nii.gz of int16 zeros of `shape_xyz`, written in chunks: a small file that expands a lot.
+
+    It stands for a gzip bomb (4 MB holding 4 GB of zeros) at a size a test can afford: the
+    refusal must come from the header, before anything is decompressed.
+    """
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), path)
+    header = bytearray(gzip.decompress(path.read_bytes()))
+    vox_offset = int(struct.unpack_from("<f", header, 108)[0])
+    struct.pack_into("<8h", header, 40, 3, *shape_xyz, 1, 1, 1, 1)
+    remaining = int(np.prod(shape_xyz)) * 2
+    chunk = bytes(16 * 1024**2)
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(bytes(header[:vox_offset]))
+        while remaining > 0:
+            out.write(chunk[: min(remaining, len(chunk))])
+            remaining -= len(chunk)
+
+
+def image_needs_more_memory_than_allowed(s: Scene) -> Expect:
+    _large_zero_nifti(s.image(), (512, 512, 512))
+    return Expect(_plan_and_preprocess() + ["--memory-gb", "0.25"],
+                  (str(s.image()), "needs about 1.00 GiB of memory to read", "0.20 GiB one case may use"))
+
+
+def spacing_outlier_large(s: Scene) -> Expect:
+    for path in (s.image(), s.label()):
+        for axis in (1, 2, 3):
+            _patch_nifti_pixdim(path, axis, 100.0)
+    return Expect(_plan_and_preprocess(), (str(s.image()), "spacing 100x100x100 mm", "check the spacing"))
+
+
+def spacing_outlier_small(s: Scene) -> Expect:
+    for path in (s.image(), s.label()):
+        for axis in (1, 2, 3):
+            _patch_nifti_pixdim(path, axis, 1e-4)
+    return Expect(_plan_and_preprocess(), (str(s.image()), "spacing 0.0001x0.0001x0.0001 mm", "check the spacing"))
+
+
 @dataclass(frozen=True)
 class Case:
     """One row of the catalogue. `planned`: the workspace already holds plans and a trained run."""
@@ -365,6 +404,9 @@ CASES: tuple[Case, ...] = (
     Case(spacing_negative, integrity=True),
     Case(direction_sheared_nifti, integrity=True),
     Case(direction_scaled_mha, integrity=True),
+    Case(image_needs_more_memory_than_allowed, integrity=True),
+    Case(spacing_outlier_large, integrity=True),
+    Case(spacing_outlier_small, integrity=True),
     Case(dataset_json_trailing_comma),
     Case(dataset_json_missing_key),
     Case(nnunet_dataset_json_missing_key),

@@ -57,7 +57,7 @@ def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
     result = plan_and_preprocess(
         _workspace(args), args.task, num_workers=args.num_workers, gpu_memory_gb=args.gpu_memory,
         plan_only=args.plan_only, clean=args.clean, configurations=args.configurations,
-        architecture=args.architecture, show_progress=not args.no_progress,
+        architecture=args.architecture, show_progress=not args.no_progress, memory_gb=args.memory_gb,
     )
     print(f"plans: {result.preprocessed_dir / 'plans.json'} ({', '.join(result.configurations)})")
     if result.preprocessed:
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: from CPU cores and free RAM)")
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
                    help="GPU memory target for planning (default: the CUDA GPU present, else 8)")
+    p.add_argument("--memory-gb", type=float, default=None, metavar="GB",
+                   help="RAM that reading and preprocessing may use, shared by the workers (default: the available "
+                        "RAM); a case that needs more is refused by name before it is read")
     p.add_argument("--plan-only", action="store_true", help="stop after writing plans.json")
     p.add_argument("--clean", action="store_true", help="recompute fingerprint and preprocessed data")
     p.add_argument("-c", "--configurations", nargs="+", choices=CONFIGURATIONS[:3], default=None,

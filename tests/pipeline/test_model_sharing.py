@@ -310,6 +310,16 @@ def test_poisoned_checkpoint_refusal_names_the_archive_and_member(
 # ---------------------------------------------------------------------------------------------- what an install may replace
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _documented(message: str, tmp_path: Path, ws: Workspace) -> None:
+    """The refusal is quoted in the README's troubleshooting table (paths as <ws> and <dir>)."""
+    line = f"error: {message}".replace(str(ws.root), "<ws>").replace(str(tmp_path), "<dir>")
+    line = line.replace("<dir>/hostile.zip", "<dir>/model.zip")
+    assert line in README.read_text(encoding="utf-8"), f"README.md lacks: {line}"
+
+
 def _tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -336,9 +346,10 @@ def test_member_of_an_undeclared_run_is_refused_and_the_existing_run_survives(
     hostile = _rewrite(archive, tmp_path / "hostile.zip",
                        drop=tuple(f"{TASK}/{rel}" for rel in manifest["files"] if rel not in only_plans),
                        replace={MANIFEST: json.dumps({**manifest, "runs": [], "files": only_plans}).encode()})
-    with pytest.raises(AutounetError, match=f"'{RUN}/plans.json', which belongs to no run declared"):
+    with pytest.raises(AutounetError, match=f"'{RUN}/plans.json', which belongs to no run declared") as info:
         install_model(hostile, source, overwrite=True)
     assert _tree_digest(existing) == before
+    _documented(str(info.value), tmp_path, source)
 
 
 def test_best_configuration_is_not_replaced_without_overwrite(archive: Path, target: Workspace,
@@ -389,9 +400,10 @@ def test_deflate_bomb_is_refused_before_extraction(archive: Path, target: Worksp
     bomb = bytes(64 * 1024**2)  # 64 MiB of zeros deflate to about 64 KiB
     hostile = _archive_with(archive, tmp_path / "hostile.zip", {}, {f"{RUN}/fold_0/extra.bin": bomb})
     assert hostile.stat().st_size < 2 * 1024**2
-    with pytest.raises(AutounetError, match=r"expands .* \(ratio above 100: a decompression bomb\?\)"):
+    with pytest.raises(AutounetError, match=r"expands .* \(ratio above 100: a decompression bomb\?\)") as info:
         install_model(hostile, target)
     assert _installed(target) == []
+    _documented(str(info.value), tmp_path, target)
 
 
 def test_archive_larger_than_the_free_disk_is_refused(archive: Path, target: Workspace,

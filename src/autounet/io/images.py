@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from autounet.errors import ImageReadError
 from autounet.io.atomic import atomic_path
 from autounet.io.geometry import Geometry
+from autounet.io.read_budget import check_read_budget
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,17 @@ def case_id_from_filename(name: str | os.PathLike[str], file_ending: str | None 
 # reading
 
 
-def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
+def read_image(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[np.ndarray, Geometry]:
     """Read an image as float32 (C, Z, Y, X) and its grid.
 
     A 4D NIfTI holds channels on its 4th axis (MSD multi-modal files); vector-pixel images
     (e.g. RGB NRRD) hold channels per voxel. A true 2D file is read as (C, 1, Y, X) with
     `file_dim == 2`. NaN/inf are not checked here: the integrity check counts them with
-    `count_nonfinite`, because SimpleITK reads NaN/inf in NIfTI files as 0.
+    `count_nonfinite`, because SimpleITK reads NaN/inf in NIfTI files as 0. A file whose header
+    says reading it needs more than `max_bytes` is refused before it is read.
     """
     path = Path(path)
-    image = _read_sitk(path)
+    image = _read_sitk(path, max_bytes, as_float32=True)
     dim = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     arr = sitk.GetArrayFromImage(image)  # a copy: a view would dangle once `image` is freed
@@ -117,10 +119,10 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     return np.ascontiguousarray(data), geometry
 
 
-def read_label(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
+def read_label(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[np.ndarray, Geometry]:
     """Read a label map as (Z, Y, X) in its stored dtype; a 4D or multi-component file is an error."""
     path = Path(path)
-    image = _read_sitk(path)
+    image = _read_sitk(path, max_bytes, as_float32=False)
     dim = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     arr = sitk.GetArrayFromImage(image)
@@ -141,7 +143,8 @@ def read_label(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     return np.ascontiguousarray(arr), _geometry_of(image, path, tuple(int(s) for s in arr.shape))
 
 
-def read_channels(paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Geometry]:
+def read_channels(paths: Sequence[str | os.PathLike[str]], max_bytes: int | None = None
+                  ) -> tuple[np.ndarray, Geometry]:
     """Read one file per channel (nnU-Net layout) and stack them to (C, Z, Y, X).
 
     A single path may hold several channels (an MSD 4D file); among several paths each file
@@ -155,7 +158,7 @@ def read_channels(paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, 
     arrays: list[np.ndarray] = []
     reference: Geometry | None = None
     for p in paths:
-        data, geometry = read_image(p)
+        data, geometry = read_image(p, max_bytes)
         if len(paths) > 1 and data.shape[0] != 1:
             raise ImageReadError(
                 p, f"is 4D ({data.shape[0]} volumes) where a 3D channel file is expected; "
@@ -240,8 +243,9 @@ def count_nonfinite(path: str | os.PathLike[str], data: np.ndarray | None = None
     return int(np.count_nonzero(~np.isfinite(raw)))
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_sitk(path: Path, max_bytes: int | None = None, as_float32: bool = True) -> sitk.Image:
     _check_readable_file(path)
+    check_read_budget(path, max_bytes, as_float32)
     ending = file_ending(path)
     if ending in (".nii", ".nii.gz"):
         _check_nifti(path, compressed=ending == ".nii.gz")

@@ -22,6 +22,8 @@ from autounet.pipeline.parallel import run_parallel
 log = logging.getLogger(__name__)
 
 _MAX_LISTED_VALUES = 10
+#: A case whose resampled size differs from the median case's by more than this factor per axis is refused.
+OUTLIER_FACTOR = 10.0
 
 
 @dataclass
@@ -44,6 +46,7 @@ class _CaseJob:
     layout: str
     channel_names: dict[str, str]
     label_values: tuple[int, ...]
+    max_read_bytes: int | None = None
 
 
 @dataclass
@@ -51,10 +54,17 @@ class _CaseResult:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     num_channels: int | None = None
+    grid_file: Path | None = None
+    spacing_zyx: tuple[float, ...] | None = None
+    shape_zyx: tuple[int, ...] | None = None
 
 
-def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True) -> IntegrityReport:
-    """Check every training case (and that listed test files exist); collect all problems."""
+def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True,
+               max_read_bytes: int | None = None) -> IntegrityReport:
+    """Check every training case (and that listed test files exist); collect all problems.
+
+    `max_read_bytes`: a file that needs more memory to read is refused from its header alone.
+    """
     report = IntegrityReport()
     if not task.training:
         report.errors.append(
@@ -64,7 +74,8 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
         return report
     if task.layout == "nnunet":
         report.errors.extend(_undeclared_channel_files(task))
-    jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values)) for c in task.training]
+    jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values), max_read_bytes)
+            for c in task.training]
     results = run_parallel(
         check_case, jobs, [c.case_id for c in task.training], num_workers, desc="integrity check",
         show_progress=show_progress and len(jobs) > 1,
@@ -73,6 +84,8 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
         report.errors.extend(res.errors)
         report.warnings.extend(res.warnings)
     report.errors.extend(_channel_count_consistency(task, results))
+    report.errors.extend(spacing_outliers([(r.grid_file, r.spacing_zyx, r.shape_zyx) for r in results
+                                           if r.spacing_zyx is not None and r.shape_zyx is not None]))
     for case in task.test:
         for p in case.images:
             if not p.is_file():
@@ -83,9 +96,10 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
     return report
 
 
-def verify_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True) -> IntegrityReport:
+def verify_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True,
+                max_read_bytes: int | None = None) -> IntegrityReport:
     """Run check_task, log its warnings, and raise IntegrityError listing every error."""
-    report = check_task(task, num_workers=num_workers, show_progress=show_progress)
+    report = check_task(task, num_workers=num_workers, show_progress=show_progress, max_read_bytes=max_read_bytes)
     for w in report.warnings:
         log.warning("%s", w)
     if report.errors:
@@ -128,7 +142,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
         if p in missing:
             continue
         try:
-            data, geometry = read_image(p)
+            data, geometry = read_image(p, job.max_read_bytes)
         except ImageReadError as exc:
             res.errors.append(str(exc))
             continue
@@ -153,10 +167,12 @@ def check_case(job: _CaseJob) -> _CaseResult:
             _compare(res, grid, grid_file, geometry, p, "channel file")
     if not missing and not split_needed and grid is not None and total_channels:
         res.num_channels = total_channels
+    if grid is not None:
+        res.grid_file, res.spacing_zyx, res.shape_zyx = grid_file, tuple(grid.spacing_zyx), tuple(grid.shape)
 
     if case.label is not None and case.label.is_file():
         try:
-            seg, label_geometry = read_label(case.label)
+            seg, label_geometry = read_label(case.label, job.max_read_bytes)
         except ImageReadError as exc:
             res.errors.append(str(exc))
         else:
@@ -179,6 +195,36 @@ def _compare(res: _CaseResult, ref: Geometry, ref_file: Path | None, other: Geom
         )
     if soft:
         res.warnings.append(f"{path}: {what} {soft} from image {ref_name}; the image's grid is used")
+
+
+def spacing_outliers(cases: list[tuple[Path | None, tuple[float, ...], tuple[int, ...]]],
+                     factor: float = OUTLIER_FACTOR) -> list[str]:
+    """Cases whose size, resampled to the median spacing, is far outside the others' (one error each).
+
+    Resampling is what turns a wrong spacing into a memory problem: a 100 mm case among 1 mm
+    cases grows 100x per axis, a 1e-4 mm case shrinks to a voxel. A case is refused when its
+    resampled voxel count differs from the median case's by more than `factor` per axis
+    (factor^3 in 3D), with both numbers, so that its header can be checked. Needs 3 cases.
+    """
+    if len(cases) < 3:
+        return []
+    median_spacing = np.median(np.array([s for _, s, _ in cases]), axis=0)
+    sizes = [float(np.prod(np.array(shape) * np.array(spacing) / median_spacing)) for _, spacing, shape in cases]
+    typical = float(np.median(sizes))
+    limit = factor ** len(median_spacing)
+    errors = []
+    for (path, spacing, shape), size in zip(cases, sizes):
+        if typical > 0 and not 1 / limit <= size / typical <= limit:
+            errors.append(
+                f"{path}: spacing {_fmt(spacing)} mm (z, y, x) with shape {list(shape)} would be resampled to "
+                f"about {size:.3g} voxels at the task's median spacing {_fmt(median_spacing)} mm, against "
+                f"{typical:.3g} for a typical case; check the spacing in its header or remove the case"
+            )
+    return errors
+
+
+def _fmt(values: object) -> str:
+    return "x".join(f"{float(v):.4g}" for v in values)  # type: ignore[attr-defined]
 
 
 def _label_value_problems(path: Path, seg: np.ndarray, declared: tuple[int, ...]) -> list[str]:

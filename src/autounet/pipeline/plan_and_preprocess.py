@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from autounet.errors import AutounetError
 from autounet.io.atomic import write_json
 from autounet.pipeline.workspace import Workspace
 
@@ -46,6 +47,24 @@ def default_gpu_memory_gb() -> tuple[float, str]:
     return DEFAULT_GPU_MEMORY_GB, "default (no CUDA GPU found)"
 
 
+def case_memory_budget(memory_gb: float | None, workers: int) -> int:
+    """Bytes one case may use while it is read and preprocessed: 80% of `memory_gb` (default: the
+    available RAM) shared by the worker processes."""
+    from autounet.io.read_budget import per_case_budget
+    from autounet.pipeline.system import available_ram_gb
+
+    if memory_gb is not None and not memory_gb > 0:
+        raise AutounetError(f"--memory-gb: must be a positive number of GB, got {memory_gb}")
+    if memory_gb is None:
+        memory_gb = available_ram_gb()
+        if memory_gb != memory_gb:  # unknown: assume a small machine rather than none
+            memory_gb = 4.0
+    budget = per_case_budget(memory_gb, workers)
+    log.info("memory budget: %.2f GiB per case (%.1f GB shared by %d worker(s))", budget / 1024**3, memory_gb,
+             max(1, workers))
+    return budget
+
+
 def plan_and_preprocess(
     workspace: Workspace,
     task_name: str,
@@ -56,6 +75,7 @@ def plan_and_preprocess(
     configurations: list[str] | None = None,
     architecture: str = "plain_unet",
     show_progress: bool = True,
+    memory_gb: float | None = None,
 ) -> PlanAndPreprocessResult:
     from autounet.pipeline.dataset import find_task, load_task
     from autounet.pipeline.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
@@ -68,12 +88,13 @@ def plan_and_preprocess(
     task_dir = find_task(task_name, workspace)
     task = load_task(task_dir)
     workers = default_num_workers(per_worker_gb=2.0) if num_workers is None else num_workers
+    case_bytes = case_memory_budget(memory_gb, workers)
     log.info("task %s (%s layout) at %s: %d training cases, %d channel(s), labels %s",
              task.name, task.layout, task_dir, len(task.training), len(task.channel_names),
              ", ".join(f"{v}={k}" for k, v in sorted(task.labels.items(), key=lambda kv: kv[1])))
 
     log.info("checking dataset integrity ...")
-    verify_task(task, num_workers=workers, show_progress=show_progress)
+    verify_task(task, num_workers=workers, show_progress=show_progress, max_read_bytes=case_bytes)
 
     out = workspace.preprocessed(task.name)
     fp_path = out / "fingerprint.json"
@@ -88,7 +109,8 @@ def plan_and_preprocess(
         fingerprint = load_fingerprint(fp_path)
     else:
         log.info("extracting fingerprint with %d worker(s) ...", workers)
-        fingerprint = extract_fingerprint(task, num_workers=workers, show_progress=show_progress)
+        fingerprint = extract_fingerprint(task, num_workers=workers, show_progress=show_progress,
+                                          max_read_bytes=case_bytes)
         save_fingerprint(fingerprint, fp_path)
 
     if gpu_memory_gb is None:
@@ -110,7 +132,7 @@ def plan_and_preprocess(
 
             raise PlansError(f"{out / 'plans.json'}: configuration(s) {unknown} not planned; planned: {planned}")
         preprocess_task(workspace, task, plans, wanted, num_workers=workers, clean=clean,
-                        show_progress=show_progress)
+                        show_progress=show_progress, max_bytes=case_bytes)
         done = wanted
         log.info("preprocessed %s into %s", ", ".join(wanted), out)
     return PlanAndPreprocessResult(task.name, out, planned, done)

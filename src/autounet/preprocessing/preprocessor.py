@@ -87,6 +87,24 @@ def sample_class_locations(
     return locations
 
 
+def resampling_bytes(new_shape: Sequence[int], channels: int) -> int:
+    """Peak bytes of resampling one case to `new_shape`: the float32 output and about two float32
+    intermediates per channel, plus the label map's interpolation buffers."""
+    return int(np.prod(new_shape, dtype=np.float64)) * (12 * channels + 12)
+
+
+def check_resampling_budget(case_id: str, shape: Sequence[int], spacing: Sequence[float], new_shape: Sequence[int],
+                            target_spacing: Sequence[float], channels: int, max_bytes: int | None) -> None:
+    """Refuse, before it starts, a resampling that would need more than `max_bytes` (None: no limit)."""
+    need = resampling_bytes(new_shape, channels)
+    if max_bytes is not None and need > max_bytes:
+        raise DatasetError(
+            f"case {case_id or '?'}: resampling {list(shape)} voxels at spacing {list(spacing)} mm to "
+            f"{list(target_spacing)} mm gives {list(new_shape)} voxels and needs about {need / 1024**3:.1f} GiB, "
+            f"more than the {max_bytes / 1024**3:.2f} GiB one case may use; check the spacing in its header"
+        )
+
+
 def preprocess_case(
     image: np.ndarray,
     seg: np.ndarray | None,
@@ -95,6 +113,7 @@ def preprocess_case(
     configuration: str,
     rng_seed: int = DEFAULT_SEED,
     case_id: str = "",
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, CaseProperties, dict[int, np.ndarray]]:
     """Preprocess one case for `configuration`; identical at training and prediction time.
 
@@ -135,6 +154,7 @@ def preprocess_case(
         target_spacing = [float(s) for s in cfg.spacing]
         separate_axis = None
     new_shape = compute_new_shape(shape_after_crop, spacing, target_spacing)
+    check_resampling_budget(case_id, shape_after_crop, spacing, new_shape, target_spacing, data.shape[0], max_bytes)
     rs = cfg.resampling
     data = resample_data(data, new_shape, spacing, target_spacing, order=rs.order_data, order_z=rs.order_z,
                          threshold=rs.anisotropy_threshold, force_separate_axis=separate_axis)
@@ -177,19 +197,21 @@ class _CaseJob:
     folder: Path | None
     reference_target: Path | None
     seed: int = DEFAULT_SEED
+    max_bytes: int | None = None
 
 
 def _run_job(job: _CaseJob) -> None:
     """Worker entry point: copy the reference label and/or preprocess one case."""
-    seg, label_geometry = read_label(job.label)
+    seg, label_geometry = read_label(job.label, job.max_bytes)
     if job.reference_target is not None:
         write_label(seg, label_geometry, job.reference_target)
     if job.configuration is None or job.folder is None:
         return
-    image, geometry = read_channels(list(job.images))
+    image, geometry = read_channels(list(job.images), job.max_bytes)
     try:
         data, seg_out, props, locations = preprocess_case(
-            image, seg, geometry, job.plans, job.configuration, rng_seed=job.seed, case_id=job.case_id
+            image, seg, geometry, job.plans, job.configuration, rng_seed=job.seed, case_id=job.case_id,
+            max_bytes=job.max_bytes,
         )
     except DatasetError as exc:
         raise DatasetError(f"{job.label}: {exc}") from exc
@@ -225,6 +247,7 @@ def preprocess_task(
     num_workers: int,
     clean: bool = False,
     show_progress: bool = True,
+    max_bytes: int | None = None,
 ) -> None:
     """Preprocess every training case of `task` for `configurations`, resumably.
 
@@ -259,11 +282,11 @@ def preprocess_task(
             folder = root / identifier
             if CaseStore(folder).is_finished(case.case_id):
                 continue
-            jobs.append(_CaseJob(case.case_id, images, label, plans, name, folder, gt_target))
+            jobs.append(_CaseJob(case.case_id, images, label, plans, name, folder, gt_target, max_bytes=max_bytes))
             names.append(f"{case.case_id} ({identifier})")
             gt_target = None
         if gt_target is not None:
-            jobs.append(_CaseJob(case.case_id, images, label, plans, None, None, gt_target))
+            jobs.append(_CaseJob(case.case_id, images, label, plans, None, None, gt_target, max_bytes=max_bytes))
             names.append(f"{case.case_id} (reference label)")
 
     for identifier in identifiers:
