@@ -336,6 +336,44 @@ def predict_output_is_input(s: Scene) -> Expect:
     return Expect(_predict(s, output=s.images), (str(s.images), "the output folder is the input folder"))
 
 
+def dataset_json_not_utf8(s: Scene) -> Expect:
+    text = s.dataset_json.read_text(encoding="utf-8").replace('"name": "Demo"', '"name": "Dém\u00f6"')
+    s.dataset_json.write_bytes(text.encode("latin-1"))
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "not UTF-8 text", "save it as UTF-8"))
+
+
+def dataset_json_duplicate_key(s: Scene) -> Expect:
+    text = s.dataset_json.read_text(encoding="utf-8").rstrip()
+    s.dataset_json.write_text(text[:-1] + ', "labels": {"0": "background", "1": "organ"}\n}\n', encoding="utf-8")
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "key 'labels' appears twice"))
+
+
+def num_training_string(s: Scene) -> Expect:
+    _edit_json(s.dataset_json, lambda d: d.__setitem__("numTraining", str(d["numTraining"])))
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "'numTraining' must be an integer", "(str)"))
+
+
+def predict_output_is_a_file(s: Scene) -> Expect:
+    s.images.mkdir()
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
+    s.predictions.write_text("not a folder\n", encoding="utf-8")
+    return Expect(_predict(s), (str(s.predictions), "exists and is a file"))
+
+
+def predict_run_plans_negative_patch(s: Scene) -> Expect:
+    _bad_patch(s.run_plans, [-16, 16, 16])
+    s.images.mkdir()
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
+    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0001.nii.gz")
+    return Expect(_predict(s), (str(s.run_plans), "3d_fullres.patch_size", "within 1..4096"))
+
+
+def train_plans_huge_batch(s: Scene) -> Expect:
+    _edit_json(s.preprocessed_plans, lambda d: d["configurations"]["3d_fullres"].__setitem__("batch_size", 1000000))
+    return Expect(["train", "3d_fullres", "fold", "0", "--device", "cpu", "--workers", "0"],
+                  (str(s.preprocessed_plans), "3d_fullres.batch_size", "within 1..4096"))
+
+
 def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
     """A real .nii.gz of int16 zeros of `shape_xyz`, written in chunks: a small file that expands a lot.
 
@@ -413,6 +451,9 @@ CASES: tuple[Case, ...] = (
     Case(num_training_mismatch),
     Case(nnunet_num_training_mismatch),
     Case(duplicate_case_id),
+    Case(dataset_json_not_utf8),
+    Case(dataset_json_duplicate_key),
+    Case(num_training_string),
     Case(plans_patch_not_divisible, planned=True),
     Case(train_plans_patch_not_divisible, planned=True),
     Case(predict_run_plans_patch_not_divisible, planned=True),
@@ -420,6 +461,9 @@ CASES: tuple[Case, ...] = (
     Case(predict_3d_file_for_two_channel_model, planned=True),
     Case(predict_empty_input, planned=True),
     Case(predict_output_is_input, planned=True),
+    Case(predict_output_is_a_file, planned=True),
+    Case(predict_run_plans_negative_patch, planned=True),
+    Case(train_plans_huge_batch, planned=True),
 )
 
 

@@ -127,6 +127,8 @@ def predict_folder(
     if _same_folder(in_folder, output_dir):
         raise AutounetError(f"{output_dir}: the output folder is the input folder; predictions would mix with "
                             f"the images - choose another -o")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise AutounetError(f"{output_dir}: exists and is a file, not a folder; choose another -o (a folder)")
     get_preset(preset)
     if step_size is not None and not 0 < step_size <= 1:
         raise AutounetError(f"--step-size must be in (0, 1], got {step_size}")

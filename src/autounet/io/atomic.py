@@ -101,8 +101,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
+                           f"save it as UTF-8") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder, not a JSON file") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise DatasetError(f"{path}: key '{exc.key}' appears twice in one object; keep one (JSON readers "
+                           f"silently take the last)") from None
     except json.JSONDecodeError as exc:
         comma_line = trailing_comma_line(text, exc.pos)
         if comma_line is not None:
@@ -112,6 +120,22 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DatasetError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the syntax"
         ) from None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key[:80]
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice is an error instead of 'the last one wins'."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def trailing_comma_line(text: str, error_pos: int) -> int | None:

@@ -208,6 +208,9 @@ def _load_msd(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset:
     _check_unique(training, js_path, "training")
     _check_unique(test, js_path, "test")
     num = data.get("numTraining")
+    if num is not None and (isinstance(num, bool) or not isinstance(num, int)):
+        raise DatasetError(f"{js_path}: 'numTraining' must be an integer, got {num!r} ({type(num).__name__}); "
+                           f"write it without quotes")
     if num is not None and num != len(training):
         raise DatasetError(
             f"{js_path}: 'numTraining' is {num} but 'training' lists {len(training)} cases; make them agree"

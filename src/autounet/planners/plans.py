@@ -22,6 +22,12 @@ from autounet.io.json_schema import from_dict, to_dict
 PLANS_VERSION = 1
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
+# Bounds a plans.json must respect (hand edits beyond them are refused on load, not at training time).
+MAX_PATCH_EDGE = 4096
+MAX_BATCH_SIZE = 4096
+MAX_BATCH_VOXELS = 2**31  # one float32 channel of such a batch is already 8 GiB
+MAX_FEATURES = 8192
+MAX_CONVS_PER_STAGE = 64
 
 
 @dataclass
@@ -64,6 +70,12 @@ class NetworkPlan:
                 raise PlansError(f"{where}.{key}: needs {n} entries (one per stage), got {len(getattr(self, key))}")
         if len(self.n_conv_decoder) != n - 1:
             raise PlansError(f"{where}.n_conv_decoder: needs {n - 1} entries (stages minus one)")
+        bad_features = [f for f in self.features_per_stage if not 1 <= f <= MAX_FEATURES]
+        if bad_features:
+            raise PlansError(f"{where}.features_per_stage: each must be within 1..{MAX_FEATURES}, got {bad_features[:4]}")
+        for key in ("n_conv_encoder", "n_conv_decoder"):
+            if any(not 1 <= n <= MAX_CONVS_PER_STAGE for n in getattr(self, key)):
+                raise PlansError(f"{where}.{key}: each must be within 1..{MAX_CONVS_PER_STAGE}")
         dims = self.dims
         for key in ("kernel_sizes", "strides"):
             for i, v in enumerate(getattr(self, key)):
@@ -126,8 +138,15 @@ class ConfigurationPlan:
                 raise PlansError(f"{where}.{key}: needs {self.dims} entries like patch_size")
         if self.network.dims != self.dims:
             raise PlansError(f"{where}.network.kernel_sizes: {self.network.dims}D kernels for a {self.dims}D patch")
-        if self.batch_size < 1:
-            raise PlansError(f"{where}.batch_size: must be at least 1, got {self.batch_size}")
+        if any(not 1 <= p <= MAX_PATCH_EDGE for p in self.patch_size):
+            raise PlansError(f"{where}.patch_size: each side must be within 1..{MAX_PATCH_EDGE} voxels, "
+                             f"got {self.patch_size}; re-plan")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise PlansError(f"{where}.batch_size: must be within 1..{MAX_BATCH_SIZE}, got {self.batch_size}; re-plan")
+        voxels = self.batch_size * prod(self.patch_size)
+        if voxels > MAX_BATCH_VOXELS:
+            raise PlansError(f"{where}: batch_size {self.batch_size} x patch {self.patch_size} is {voxels:.3g} voxels "
+                             f"per batch, more than {MAX_BATCH_VOXELS:.3g}; re-plan")
         if any(s <= 0 for s in self.spacing):
             raise PlansError(f"{where}.spacing: must be positive, got {self.spacing}")
         total = self.network.total_stride()
