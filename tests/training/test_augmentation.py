@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from autounet.errors import AutounetError
 from autounet.training.augmentation import (
     AffineSpatialTransform,
     Convert2DTo3DTransform,
@@ -202,3 +203,26 @@ def test_label_resampling_shortcuts_match_full_per_label_interpolation(seed: int
     clear = sorted_weights[-1] - sorted_weights[-2] > 1e-4  # ties may resolve either way
     np.testing.assert_array_equal(fast[clear], full[clear])
     assert clear.mean() > 0.9
+
+
+def test_disabled_augmentations_are_left_out_and_names_are_checked() -> None:
+    from autounet.training.augmentation import AffineSpatialTransform, MirrorTransform
+    from autounet.training.settings import TrainingSettings
+
+    full = training_transforms((8, 8, 8), ROT_3D, False, (0, 1, 2), None, [False])
+    names = [type(t).__name__ for t in full.transforms]
+    off = training_transforms((8, 8, 8), ROT_3D, False, (0, 1, 2), None, [False],
+                              disabled=("mirror", "gamma", "gamma_inverted", "spatial"))
+    off_names = [type(t).__name__ for t in off.transforms]
+    assert names.count("GammaTransform") == 2 and "GammaTransform" not in off_names
+    assert "MirrorTransform" in names and "MirrorTransform" not in off_names
+    spatial = [t for t in off.transforms if isinstance(t, AffineSpatialTransform)][0]
+    assert spatial.p_rotation == 0 and spatial.p_scale == 0  # still crops to the patch
+    assert len(off_names) == len(names) - 3
+    assert not any(isinstance(t, MirrorTransform) for t in off.transforms)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        training_transforms((8, 8, 8), ROT_3D, False, (0, 1, 2), None, [False], disabled=("rotation",))
+    with pytest.raises(AutounetError, match="disabled_augmentations: unknown"):
+        TrainingSettings(disabled_augmentations=["rotation"]).validate()
+    with pytest.raises(AutounetError, match="spatial_augmentation must be one of"):
+        TrainingSettings(spatial_augmentation="elastic").validate()
