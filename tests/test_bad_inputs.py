@@ -374,6 +374,21 @@ def train_plans_huge_batch(s: Scene) -> Expect:
                   (str(s.preprocessed_plans), "3d_fullres.batch_size", "within 1..4096"))
 
 
+def complex_image(s: Scene) -> Expect:
+    data, geometry = read_image(s.image())
+    image = nib.Nifti1Image(data[0].T.astype(np.complex64) * (1 + 1j), np.diag([*geometry.spacing, 1.0]))
+    nib.save(image, s.image())
+    return Expect(_plan_and_preprocess(), (str(s.image()), "complex-valued voxels"))
+
+
+def label_value_beyond_int64(s: Scene) -> Expect:
+    seg, geometry = read_label(s.label())
+    seg = seg.astype(np.uint64)
+    seg[0, 0, 0] = 2**63 + 5
+    nib.save(nib.Nifti1Image(seg.T, np.diag([*geometry.spacing, 1.0]), dtype=np.uint64), s.label())
+    return Expect(_plan_and_preprocess(), (str(s.label()), "label value(s) 9223372036854775813 are not declared"))
+
+
 def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
     """A real .nii.gz of int16 zeros of `shape_xyz`, written in chunks: a small file that expands a lot.
 
@@ -437,6 +452,8 @@ CASES: tuple[Case, ...] = (
     Case(label_4d, integrity=True),
     Case(label_float_values, integrity=True),
     Case(label_undeclared_value, integrity=True),
+    Case(label_value_beyond_int64, integrity=True),
+    Case(complex_image, integrity=True),
     Case(label_shape_mismatch, integrity=True),
     Case(spacing_zero, integrity=True),
     Case(spacing_negative, integrity=True),

@@ -230,3 +230,26 @@ def test_progress_bar_follows_show_progress(msd: Path, capsys: pytest.CaptureFix
     """`--no-progress` reaches the integrity check too (plan_and_preprocess passes it through)."""
     verify_task(load_task(msd), num_workers=0, show_progress=show_progress)
     assert ("integrity check" in capsys.readouterr().err) is show_progress
+
+
+def test_declared_label_in_no_case_is_a_warning(msd: Path) -> None:
+    """The network could never learn it; say so (the integrity check used to stay silent)."""
+    data = json.loads((msd / "dataset.json").read_text())
+    data["labels"]["7"] = "never_drawn"
+    (msd / "dataset.json").write_text(json.dumps(data))
+    report = _check(msd)
+    assert report.ok
+    assert [w for w in report.warnings if "label 7 ('never_drawn') is declared but occurs in none of the" in w]
+
+
+def test_spacing_outliers_need_the_ratio_and_three_cases() -> None:
+    from autounet.pipeline.integrity import spacing_outliers
+
+    one = (1.0, 1.0, 1.0)
+    cases = [(Path(f"c{i}.nii.gz"), one, (40, 40, 40)) for i in range(4)]
+    assert spacing_outliers(cases) == []
+    # 9x per axis is still a real dataset's spread (e.g. 0.7 vs 5 mm slices); 11x is not
+    assert spacing_outliers(cases + [(Path("ok.nii.gz"), (9.0, 1.0, 1.0), (40, 40, 40))]) == []
+    errors = spacing_outliers(cases + [(Path("big.nii.gz"), (11.0, 11.0, 11.0), (40, 40, 40))])
+    assert len(errors) == 1 and errors[0].startswith("big.nii.gz: spacing 11x11x11 mm")
+    assert spacing_outliers(cases[:1] + [(Path("big.nii.gz"), (100.0,) * 3, (40, 40, 40))]) == []

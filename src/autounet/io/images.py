@@ -253,6 +253,9 @@ def _read_sitk(path: Path, max_bytes: int | None = None, as_float32: bool = True
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise _itk_read_error(path, exc) from None
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise ImageReadError(path, "has complex-valued voxels; save the magnitude (or the channel you mean) as a "
+                                   "real-valued image")
     if image.GetDimension() not in (2, 3, 4):
         raise ImageReadError(path, f"is a {image.GetDimension()}D image; only 2D, 3D and 4D (channels) are supported")
     return image

@@ -55,6 +55,7 @@ class _CaseResult:
     warnings: list[str] = field(default_factory=list)
     num_channels: int | None = None
     grid_file: Path | None = None
+    label_values: tuple[int, ...] = ()
     spacing_zyx: tuple[float, ...] | None = None
     shape_zyx: tuple[int, ...] | None = None
 
@@ -84,6 +85,7 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
         report.errors.extend(res.errors)
         report.warnings.extend(res.warnings)
     report.errors.extend(_channel_count_consistency(task, results))
+    report.warnings.extend(_labels_never_present(task, results))
     report.errors.extend(spacing_outliers([(r.grid_file, r.spacing_zyx, r.shape_zyx) for r in results
                                            if r.spacing_zyx is not None and r.shape_zyx is not None]))
     for case in task.test:
@@ -180,6 +182,8 @@ def check_case(job: _CaseJob) -> _CaseResult:
                 res.errors.extend(_label_value_problems(case.label, seg, job.label_values))
             except ImageReadError as exc:
                 res.errors.append(str(exc))
+            if seg.dtype.kind in "iub":
+                res.label_values = tuple(int(v) for v in np.unique(seg).tolist())
             if grid is not None:
                 _compare(res, grid, grid_file, label_geometry, case.label, "label")
     return res
@@ -227,6 +231,18 @@ def _fmt(values: object) -> str:
     return "x".join(f"{float(v):.4g}" for v in values)  # type: ignore[attr-defined]
 
 
+def _labels_never_present(task: TaskDataset, results: list[_CaseResult]) -> list[str]:
+    """A declared foreground label that no readable training case contains: the network can never learn it."""
+    read = [r for r in results if r.label_values]
+    if not read:
+        return []
+    present = set().union(*(r.label_values for r in read))
+    names = {v: k for k, v in task.labels.items()}
+    return [f"{task.dataset_json}: label {value} ('{names.get(value, value)}') is declared but occurs in none of the "
+            f"{len(read)} training label maps; the network will never learn it (remove it or add cases that have it)"
+            for value in sorted(set(task.label_values) - present) if value != 0]
+
+
 def _label_value_problems(path: Path, seg: np.ndarray, declared: tuple[int, ...]) -> list[str]:
     """Non-integer values and values that dataset.json does not declare."""
     if seg.dtype.kind == "f":
@@ -238,8 +254,8 @@ def _label_value_problems(path: Path, seg: np.ndarray, declared: tuple[int, ...]
                 f"{path}: label map holds non-integer values (e.g. {float(fractional.flat[0]):g}); "
                 "labels must be whole numbers - re-export it as an integer label map"
             ]
-    values = np.unique(seg).astype(np.int64)
-    undeclared = sorted(set(values.tolist()) - set(declared))
+    values = [int(v) for v in np.unique(seg).tolist()]  # Python ints: uint64 values stay exact
+    undeclared = sorted(set(values) - set(declared))
     if undeclared:
         shown = ", ".join(str(v) for v in undeclared[:_MAX_LISTED_VALUES])
         more = " ..." if len(undeclared) > _MAX_LISTED_VALUES else ""
