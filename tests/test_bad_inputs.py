@@ -382,11 +382,24 @@ def complex_image(s: Scene) -> Expect:
 
 
 def label_value_beyond_int64(s: Scene) -> Expect:
-    seg, geometry = read_label(s.label())
-    seg = seg.astype(np.uint64)
+    import SimpleITK as sitk
+
+    original = sitk.ReadImage(str(s.label()))
+    seg = sitk.GetArrayFromImage(original).astype(np.uint64)
     seg[0, 0, 0] = 2**63 + 5
-    nib.save(nib.Nifti1Image(seg.T, np.diag([*geometry.spacing, 1.0]), dtype=np.uint64), s.label())
+    image = sitk.GetImageFromArray(seg)
+    image.CopyInformation(original)
+    sitk.WriteImage(image, str(s.label()))
     return Expect(_plan_and_preprocess(), (str(s.label()), "label value(s) 9223372036854775813 are not declared"))
+
+
+def label_shifted_origin(s: Scene) -> Expect:
+    import SimpleITK as sitk
+
+    label = sitk.ReadImage(str(s.label()))
+    label.SetOrigin(tuple(o + d for o, d in zip(label.GetOrigin(), (40.0, 0.0, 0.0))))
+    sitk.WriteImage(label, str(s.label()))
+    return Expect(_plan_and_preprocess(), (str(s.label()), "label lies elsewhere in space", "--accept-label-geometry"))
 
 
 def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
@@ -453,6 +466,7 @@ CASES: tuple[Case, ...] = (
     Case(label_float_values, integrity=True),
     Case(label_undeclared_value, integrity=True),
     Case(label_value_beyond_int64, integrity=True),
+    Case(label_shifted_origin, integrity=True),
     Case(complex_image, integrity=True),
     Case(label_shape_mismatch, integrity=True),
     Case(spacing_zero, integrity=True),

@@ -58,6 +58,7 @@ def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
         _workspace(args), args.task, num_workers=args.num_workers, gpu_memory_gb=args.gpu_memory,
         plan_only=args.plan_only, clean=args.clean, configurations=args.configurations,
         architecture=args.architecture, show_progress=not args.no_progress, memory_gb=args.memory_gb,
+        accept_label_geometry=args.accept_label_geometry,
     )
     print(f"plans: {result.preprocessed_dir / 'plans.json'} ({', '.join(result.configurations)})")
     if result.preprocessed:
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, default=None, metavar="GB",
                    help="RAM that reading and preprocessing may use, shared by the workers (default: the available "
                         "RAM); a case that needs more is refused by name before it is read")
+    p.add_argument("--accept-label-geometry", action="store_true",
+                   help="accept labels whose origin or direction differ from their image's (the image's grid is used)")
     p.add_argument("--plan-only", action="store_true", help="stop after writing plans.json")
     p.add_argument("--clean", action="store_true", help="recompute fingerprint and preprocessed data")
     p.add_argument("-c", "--configurations", nargs="+", choices=CONFIGURATIONS[:3], default=None,

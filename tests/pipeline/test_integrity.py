@@ -110,7 +110,7 @@ def test_image_and_label_shapes_differ(msd: Path) -> None:
     _only_error(_check(msd), path, "label has shape")
 
 
-def test_spacing_differs_is_error_origin_differs_is_warning(msd: Path) -> None:
+def test_spacing_differs_is_error_origin_differs_is_error_unless_accepted(msd: Path) -> None:
     label = msd / "labelsTr" / "demo_001.nii.gz"
     _modify_label(label, lambda s, g: (s, _regrid(g, spacing=(g.spacing[0], g.spacing[1], g.spacing[2] * 1.01))))
     _only_error(_check(msd), label, "label has spacing")
@@ -119,8 +119,18 @@ def test_spacing_differs_is_error_origin_differs_is_warning(msd: Path) -> None:
     _modify_label(label, lambda s, g: (s, _regrid(g, spacing=(g.spacing[0], g.spacing[1], g.spacing[2] / 1.01))))
     _modify_label(other, lambda s, g: (s, _regrid(g, origin=(g.origin[0] + 5.0, g.origin[1], g.origin[2]))))
     report = _check(msd)
+    assert len(report.errors) == 1 and report.errors[0].startswith(f"{other}: label lies elsewhere in space")
+    assert "origin differs by 5x0x0 mm" in report.errors[0] and "--accept-label-geometry" in report.errors[0]
+    report = check_task(load_task(msd), show_progress=False, accept_label_geometry=True)
     assert report.errors == []
     assert len(report.warnings) == 1 and str(other) in report.warnings[0] and "origin" in report.warnings[0]
+
+
+def test_label_origin_within_a_hundredth_of_a_voxel_is_only_noted(msd: Path) -> None:
+    label = msd / "labelsTr" / "demo_001.nii.gz"
+    _modify_label(label, lambda s, g: (s, _regrid(g, origin=(g.origin[0] + 0.005 * g.spacing[0], *g.origin[1:]))))
+    report = _check(msd)
+    assert report.errors == []
 
 
 def test_spacing_within_tolerance_is_accepted(msd: Path) -> None:
@@ -220,7 +230,9 @@ def test_all_problems_are_collected_and_nothing_is_written(msd: Path, tmp_path: 
 def test_verify_task_logs_warnings_and_passes(msd: Path, caplog: pytest.LogCaptureFixture) -> None:
     label = msd / "labelsTr" / "demo_001.nii.gz"
     _modify_label(label, lambda s, g: (s, _regrid(g, direction=tuple(-v for v in g.direction))))
-    report = verify_task(load_task(msd))
+    with pytest.raises(IntegrityError, match="direction differs"):  # a flipped label is refused by default
+        verify_task(load_task(msd))
+    report = verify_task(load_task(msd), accept_label_geometry=True)
     assert report.ok and len(report.warnings) == 1
     assert str(label) in caplog.text and "direction" in caplog.text
 

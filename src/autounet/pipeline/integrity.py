@@ -15,13 +15,15 @@ import numpy as np
 
 from autounet.errors import ImageReadError, IntegrityError
 from autounet.io.geometry import Geometry
-from autounet.io.images import compare_grids, count_nonfinite, read_image, read_label, split_channel_suffix
+from autounet.io.images import DIRECTION_ATOL, compare_grids, count_nonfinite, read_image, read_label, split_channel_suffix
 from autounet.pipeline.dataset import CaseFiles, TaskDataset, visible_files
 from autounet.pipeline.parallel import run_parallel
 
 log = logging.getLogger(__name__)
 
 _MAX_LISTED_VALUES = 10
+#: A label whose origin is off by more than this fraction of a voxel from its image's is refused.
+LABEL_ORIGIN_VOXELS = 0.01
 #: A case whose resampled size differs from the median case's by more than this factor per axis is refused.
 OUTLIER_FACTOR = 10.0
 
@@ -47,6 +49,7 @@ class _CaseJob:
     channel_names: dict[str, str]
     label_values: tuple[int, ...]
     max_read_bytes: int | None = None
+    accept_label_geometry: bool = False
 
 
 @dataclass
@@ -61,7 +64,7 @@ class _CaseResult:
 
 
 def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True,
-               max_read_bytes: int | None = None) -> IntegrityReport:
+               max_read_bytes: int | None = None, accept_label_geometry: bool = False) -> IntegrityReport:
     """Check every training case (and that listed test files exist); collect all problems.
 
     `max_read_bytes`: a file that needs more memory to read is refused from its header alone.
@@ -75,8 +78,8 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
         return report
     if task.layout == "nnunet":
         report.errors.extend(_undeclared_channel_files(task))
-    jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values), max_read_bytes)
-            for c in task.training]
+    jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values), max_read_bytes,
+                     accept_label_geometry) for c in task.training]
     results = run_parallel(
         check_case, jobs, [c.case_id for c in task.training], num_workers, desc="integrity check",
         show_progress=show_progress and len(jobs) > 1,
@@ -99,9 +102,10 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
 
 
 def verify_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True,
-                max_read_bytes: int | None = None) -> IntegrityReport:
+                max_read_bytes: int | None = None, accept_label_geometry: bool = False) -> IntegrityReport:
     """Run check_task, log its warnings, and raise IntegrityError listing every error."""
-    report = check_task(task, num_workers=num_workers, show_progress=show_progress, max_read_bytes=max_read_bytes)
+    report = check_task(task, num_workers=num_workers, show_progress=show_progress, max_read_bytes=max_read_bytes,
+                        accept_label_geometry=accept_label_geometry)
     for w in report.warnings:
         log.warning("%s", w)
     if report.errors:
@@ -186,6 +190,8 @@ def check_case(job: _CaseJob) -> _CaseResult:
                 res.label_values = tuple(int(v) for v in np.unique(seg).tolist())
             if grid is not None:
                 _compare(res, grid, grid_file, label_geometry, case.label, "label")
+                if not job.accept_label_geometry:
+                    res.errors.extend(_label_placement(grid, grid_file, label_geometry, case.label))
     return res
 
 
@@ -199,6 +205,23 @@ def _compare(res: _CaseResult, ref: Geometry, ref_file: Path | None, other: Geom
         )
     if soft:
         res.warnings.append(f"{path}: {what} {soft} from image {ref_name}; the image's grid is used")
+
+
+def _label_placement(image: Geometry, image_file: Path | None, label: Geometry, path: Path) -> list[str]:
+    """A label placed elsewhere in space than its image (origin beyond 1% of a voxel, or another
+    direction) is an error: its voxels would be paired with the wrong anatomy, or it was flipped."""
+    if tuple(image.shape) != tuple(label.shape):
+        return []  # already reported as a shape mismatch
+    shift = np.abs(np.array(label.origin) - np.array(image.origin))
+    moved = bool((shift > LABEL_ORIGIN_VOXELS * np.array(image.spacing)).any())
+    turned = not np.allclose(label.direction, image.direction, rtol=0.0, atol=DIRECTION_ATOL)
+    if not (moved or turned):
+        return []
+    what = " and ".join(w for w, on in (("origin differs by " + _fmt(shift) + " mm", moved),
+                                          ("direction differs", turned)) if on)
+    name = image_file.name if image_file is not None else "the image"
+    return [f"{path}: label lies elsewhere in space than image {name} ({what}); fix the label's header, or pass "
+            f"--accept-label-geometry to use the image's grid for it"]
 
 
 def spacing_outliers(cases: list[tuple[Path | None, tuple[float, ...], tuple[int, ...]]],

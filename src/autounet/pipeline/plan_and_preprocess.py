@@ -76,6 +76,7 @@ def plan_and_preprocess(
     architecture: str = "plain_unet",
     show_progress: bool = True,
     memory_gb: float | None = None,
+    accept_label_geometry: bool = False,
 ) -> PlanAndPreprocessResult:
     from autounet.pipeline.dataset import find_task, load_task
     from autounet.pipeline.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
@@ -94,7 +95,8 @@ def plan_and_preprocess(
              ", ".join(f"{v}={k}" for k, v in sorted(task.labels.items(), key=lambda kv: kv[1])))
 
     log.info("checking dataset integrity ...")
-    verify_task(task, num_workers=workers, show_progress=show_progress, max_read_bytes=case_bytes)
+    verify_task(task, num_workers=workers, show_progress=show_progress, max_read_bytes=case_bytes,
+                accept_label_geometry=accept_label_geometry)
 
     out = workspace.preprocessed(task.name)
     fp_path = out / "fingerprint.json"
