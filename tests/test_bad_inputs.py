@@ -402,6 +402,19 @@ def label_shifted_origin(s: Scene) -> Expect:
     return Expect(_plan_and_preprocess(), (str(s.label()), "label lies elsewhere in space", "--accept-label-geometry"))
 
 
+def zero_length_axis(s: Scene) -> Expect:
+    raw = bytearray(gzip.decompress(s.image().read_bytes()))
+    struct.pack_into("<h", raw, 42, 0)  # dim[1] = 0
+    s.image().write_bytes(gzip.compress(bytes(raw)))
+    return Expect(_plan_and_preprocess(), (str(s.image()), "axis 1 has length 0", "the image is empty"))
+
+
+def image_is_a_device(s: Scene) -> Expect:
+    s.image().unlink()
+    s.image().symlink_to("/dev/zero")
+    return Expect(_plan_and_preprocess(), (str(s.image()), "is not a regular file"))
+
+
 def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
     """A real .nii.gz of int16 zeros of `shape_xyz`, written in chunks: a small file that expands a lot.
 
@@ -467,6 +480,8 @@ CASES: tuple[Case, ...] = (
     Case(label_undeclared_value, integrity=True),
     Case(label_value_beyond_int64, integrity=True),
     Case(label_shifted_origin, integrity=True),
+    Case(zero_length_axis, integrity=True),
+    Case(image_is_a_device, integrity=True),
     Case(complex_image, integrity=True),
     Case(label_shape_mismatch, integrity=True),
     Case(spacing_zero, integrity=True),

@@ -265,3 +265,16 @@ def test_spacing_outliers_need_the_ratio_and_three_cases() -> None:
     errors = spacing_outliers(cases + [(Path("big.nii.gz"), (11.0, 11.0, 11.0), (40, 40, 40))])
     assert len(errors) == 1 and errors[0].startswith("big.nii.gz: spacing 11x11x11 mm")
     assert spacing_outliers(cases[:1] + [(Path("big.nii.gz"), (100.0,) * 3, (40, 40, 40))]) == []
+
+
+def test_files_outside_the_task_folder_are_read_and_noted_once(msd: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("demo_001.nii.gz", "demo_002.nii.gz"):
+        target = elsewhere / name
+        shutil.move(msd / "imagesTr" / name, target)
+        (msd / "imagesTr" / name).symlink_to(target)
+    report = _check(msd)
+    assert report.ok
+    notes = [w for w in report.warnings if "lie outside the task folder" in w]
+    assert len(notes) == 1 and notes[0].startswith(f"{msd}: 2 training file(s)") and str(elsewhere) in notes[0]

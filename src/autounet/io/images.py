@@ -262,6 +262,9 @@ def _read_sitk(path: Path, max_bytes: int | None = None, as_float32: bool = True
 
 
 def _check_readable_file(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise ImageReadError(path, "is not a regular file (a folder, device or socket, possibly through a symbolic "
+                                   "link); point it at an image file")
     if not path.is_file():
         raise ImageReadError(path, "file not found; check the path or add the file")
     if file_ending(path) is None:
@@ -377,6 +380,10 @@ def _check_nifti(path: Path, compressed: bool) -> None:
     ndim = int(dims[0])
     if not 1 <= ndim <= 7:
         raise ImageReadError(path, f"cannot be read as an image (invalid dimension count {ndim} in the header); {_FIX}")
+    zero = [i + 1 for i, d in enumerate(dims[1:1 + ndim]) if int(d) < 1]
+    if zero:
+        raise ImageReadError(path, f"cannot be read as an image (axis {zero[0]} has length {int(dims[zero[0]])} in "
+                                   f"the header: the image is empty); {_FIX}")
     spatial = pixdim[1:1 + min(ndim, 3)]
     if any(not np.isfinite(p) or p <= 0 for p in spatial):
         raise ImageReadError(

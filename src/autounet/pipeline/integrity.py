@@ -89,6 +89,7 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
         report.warnings.extend(res.warnings)
     report.errors.extend(_channel_count_consistency(task, results))
     report.warnings.extend(_labels_never_present(task, results))
+    report.warnings.extend(_files_outside_task(task))
     report.errors.extend(spacing_outliers([(r.grid_file, r.spacing_zyx, r.shape_zyx) for r in results
                                            if r.spacing_zyx is not None and r.shape_zyx is not None]))
     for case in task.test:
@@ -117,7 +118,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
     """All checks of one training case; top-level so that worker processes can run it."""
     res = _CaseResult()
     case = job.case
-    missing = [p for p in job.case.images if not p.is_file()]
+    missing = [p for p in job.case.images if not p.exists()]  # other non-files get the reader's message
     for p in missing:
         if job.layout == "nnunet":
             _, channel = split_channel_suffix(p.name.split(".")[0])
@@ -134,7 +135,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
         res.errors.append(
             f"case '{case.case_id}' ({case.images[0]}): no label file given; add a 'label' entry and the label map"
         )
-    elif not case.label.is_file():
+    elif not case.label.exists():
         res.errors.append(
             f"{case.label}: label of training case '{case.case_id}' is missing; "
             "add the label map or remove the case"
@@ -176,7 +177,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
     if grid is not None:
         res.grid_file, res.spacing_zyx, res.shape_zyx = grid_file, tuple(grid.spacing_zyx), tuple(grid.shape)
 
-    if case.label is not None and case.label.is_file():
+    if case.label is not None and case.label.exists():
         try:
             seg, label_geometry = read_label(case.label, job.max_read_bytes)
         except ImageReadError as exc:
@@ -252,6 +253,21 @@ def spacing_outliers(cases: list[tuple[Path | None, tuple[float, ...], tuple[int
 
 def _fmt(values: object) -> str:
     return "x".join(f"{float(v):.4g}" for v in values)  # type: ignore[attr-defined]
+
+
+def _files_outside_task(task: TaskDataset) -> list[str]:
+    """Training files that resolve outside the task folder (absolute paths, symbolic links).
+
+    The rule: they are read as they are (datasets are often assembled from links), and the
+    report says so once, so that a task that silently depends on files elsewhere is visible.
+    """
+    root = task.root.resolve()
+    outside = [p for c in task.training for p in (*c.images, *([c.label] if c.label else []))
+               if p.exists() and not p.resolve().is_relative_to(root)]
+    if not outside:
+        return []
+    return [f"{task.root}: {len(outside)} training file(s) lie outside the task folder (absolute paths or symbolic "
+            f"links), e.g. {outside[0]} -> {outside[0].resolve()}; they are read where they are"]
 
 
 def _labels_never_present(task: TaskDataset, results: list[_CaseResult]) -> list[str]:
