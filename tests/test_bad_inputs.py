@@ -415,6 +415,14 @@ def image_is_a_device(s: Scene) -> Expect:
     return Expect(_plan_and_preprocess(), (str(s.image()), "is not a regular file"))
 
 
+def nan_in_header_offsets(s: Scene) -> Expect:
+    raw = bytearray(gzip.decompress(s.image().read_bytes()))
+    struct.pack_into("<h", raw, 252, 1)  # qform_code: scanner
+    struct.pack_into("<3f", raw, 268, float("nan"), 0.0, 0.0)  # qoffset_x..z
+    s.image().write_bytes(gzip.compress(bytes(raw)))
+    return Expect(_plan_and_preprocess(), (str(s.image()), "qform (quatern_b..qoffset_z) in the header holds NaN"))
+
+
 def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
     """A real .nii.gz of int16 zeros of `shape_xyz`, written in chunks: a small file that expands a lot.
 
@@ -481,6 +489,7 @@ CASES: tuple[Case, ...] = (
     Case(label_value_beyond_int64, integrity=True),
     Case(label_shifted_origin, integrity=True),
     Case(zero_length_axis, integrity=True),
+    Case(nan_in_header_offsets, integrity=True),
     Case(image_is_a_device, integrity=True),
     Case(complex_image, integrity=True),
     Case(label_shape_mismatch, integrity=True),

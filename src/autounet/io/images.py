@@ -380,6 +380,8 @@ def _check_nifti(path: Path, compressed: bool) -> None:
     ndim = int(dims[0])
     if not 1 <= ndim <= 7:
         raise ImageReadError(path, f"cannot be read as an image (invalid dimension count {ndim} in the header); {_FIX}")
+    if magic == b"n+1\x00":
+        _check_nifti1_transforms(path, head, endian)
     zero = [i + 1 for i, d in enumerate(dims[1:1 + ndim]) if int(d) < 1]
     if zero:
         raise ImageReadError(path, f"cannot be read as an image (axis {zero[0]} has length {int(dims[zero[0]])} in "
@@ -397,6 +399,19 @@ def _check_nifti(path: Path, compressed: bool) -> None:
         raise ImageReadError(
             path, f"cannot be read as an image (truncated: {actual} of {expected} bytes present); {_FIX}"
         )
+
+
+def _check_nifti1_transforms(path: Path, head: bytes, endian: str) -> None:
+    """NaN/inf in the qform (quaternion, offsets) or sform rows of a NIfTI-1 header that declares them:
+    the image library would print matrix dumps and then misreport the axes as sheared."""
+    qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
+    quatern = struct.unpack(endian + "6f", head[256:280])
+    srows = struct.unpack(endian + "12f", head[280:328])
+    for name, code, values in (("qform (quatern_b..qoffset_z)", qform_code, quatern), ("sform (srow_x..z)", sform_code,
+                                                                                       srows)):
+        if code > 0 and not all(np.isfinite(values)):
+            raise ImageReadError(path, f"cannot be read as an image (the {name} in the header holds NaN or inf); "
+                                       f"fix the header or re-export the file")
 
 
 def _uncompressed_size(path: Path, expected: int) -> int:
