@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from autounet import __version__
-from autounet.errors import AutounetError
+from autounet.errors import AutounetError, shorten_message
 from autounet.inference.presets import DEFAULT_PRESET, PRESETS
 from autounet.networks.precision import PRECISIONS
 from autounet.pipeline.workspace import Workspace, resolve_workspace
@@ -484,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AutounetError as exc:
-        message = str(exc)
+        message = shorten_message(str(exc))
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

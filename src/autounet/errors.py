@@ -50,3 +50,18 @@ class WorkerError(AutounetError):
         self.item = item
         self.detail = detail
         self.traceback: str | None = None
+
+
+MAX_LINE_CHARS = 600
+MAX_LINES = 60
+
+
+def shorten_message(text: str, max_line: int = MAX_LINE_CHARS, max_lines: int = MAX_LINES) -> str:
+    """An error message fit for a terminal: each line at most `max_line` characters and at most
+    `max_lines` lines, saying how much was left out (a bad input must never print megabytes)."""
+    lines = text.splitlines() or [""]
+    out = [line if len(line) <= max_line else f"{line[:max_line]}... ({len(line) - max_line:,} more characters)"
+           for line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        out.append(f"  ... and {len(lines) - max_lines} more line(s)")
+    return "\n".join(out)
