@@ -423,6 +423,11 @@ def nan_in_header_offsets(s: Scene) -> Expect:
     return Expect(_plan_and_preprocess(), (str(s.image()), "qform (quatern_b..qoffset_z) in the header holds NaN"))
 
 
+def msd_label_name_twice(s: Scene) -> Expect:
+    _edit_json(s.dataset_json, lambda d: d.__setitem__("labels", {"0": "background", "1": "organ", "2": "organ"}))
+    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "gives the name 'organ' to values 1 and 2"))
+
+
 def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
     """A real .nii.gz of int16 zeros of `shape_xyz`, written in chunks: a small file that expands a lot.
 
@@ -509,6 +514,7 @@ CASES: tuple[Case, ...] = (
     Case(dataset_json_not_utf8),
     Case(dataset_json_duplicate_key),
     Case(num_training_string),
+    Case(msd_label_name_twice),
     Case(plans_patch_not_divisible, planned=True),
     Case(train_plans_patch_not_divisible, planned=True),
     Case(predict_run_plans_patch_not_divisible, planned=True),

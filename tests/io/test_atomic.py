@@ -56,3 +56,17 @@ def test_read_json_names_file_and_position(tmp_path: Path) -> None:
         read_json(bad)
     with pytest.raises(DatasetError, match="file not found"):
         read_json(tmp_path / "missing.json")
+
+
+def test_read_json_accepts_a_byte_order_mark_and_refuses_duplicate_keys(tmp_path: Path) -> None:
+    """Windows editors write a BOM (accepted); a key given twice used to let the last one win silently."""
+    from autounet.errors import DatasetError
+    from autounet.io.atomic import read_json
+
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"a": 1}')
+    assert read_json(bom) == {"a": 1}
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"labels": {"0": "bg"}, "x": {"labels": 1, "y": 2, "y": 3}}', encoding="utf-8")
+    with pytest.raises(DatasetError, match="key 'y' appears twice in one object"):
+        read_json(twice)

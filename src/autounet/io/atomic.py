@@ -98,7 +98,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is accepted
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:

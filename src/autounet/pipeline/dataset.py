@@ -195,6 +195,9 @@ def _load_msd(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset:
             raise DatasetError(
                 f"{js_path}: 'labels' key '{key}' is not an integer; MSD labels map integer values to names"
             ) from None
+        if str(value) in labels:
+            raise DatasetError(f"{js_path}: 'labels' gives the name '{value}' to values {labels[str(value)]} and "
+                               f"{number}; names must be unique (merge the values in the label maps or rename one)")
         labels[str(value)] = number
     labels = _check_labels(labels, js_path)
     training_raw = _require(data, "training", js_path, "MSD")
