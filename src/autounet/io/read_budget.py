@@ -19,6 +19,9 @@ _COMPONENT_BYTES = {
     sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
     sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
     sitk.sitkComplexFloat32: 8, sitk.sitkComplexFloat64: 16,
+    sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1, sitk.sitkVectorUInt16: 2, sitk.sitkVectorInt16: 2,
+    sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4, sitk.sitkVectorUInt64: 8, sitk.sitkVectorInt64: 8,
+    sitk.sitkVectorFloat32: 4, sitk.sitkVectorFloat64: 8,
 }
 
 
@@ -31,32 +34,28 @@ def header_size(path: Path) -> tuple[tuple[int, ...], int, int] | None:
         reader.ReadImageInformation()
     except RuntimeError:
         return None
-    component = reader.GetPixelID()
-    vector_of = {sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1, sitk.sitkVectorUInt16: 2, sitk.sitkVectorInt16: 2,
-                 sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4, sitk.sitkVectorFloat32: 4,
-                 sitk.sitkVectorFloat64: 8, sitk.sitkVectorUInt64: 8, sitk.sitkVectorInt64: 8}
-    nbytes = _COMPONENT_BYTES.get(component, vector_of.get(component, 8))
+    nbytes = _COMPONENT_BYTES.get(reader.GetPixelID(), 8)
     return tuple(int(s) for s in reader.GetSize()), int(reader.GetNumberOfComponents()), nbytes
 
 
-def read_bytes_needed(path: Path, as_float32: bool) -> int | None:
-    """Peak bytes of reading `path`: the library's buffer, numpy's copy and (images) the float32 copy."""
-    info = header_size(path)
-    if info is None:
-        return None
+def read_bytes_needed(info: tuple[tuple[int, ...], int, int], as_float32: bool) -> int:
+    """Peak bytes of reading an image of `info` (`header_size`): the library's buffer, numpy's copy
+    and (images) the float32 copy."""
     size, components, nbytes = info
-    values = prod(size) * components
-    return values * (2 * nbytes + (4 if as_float32 else 0))
+    return prod(size) * components * (2 * nbytes + (4 if as_float32 else 0))
 
 
 def check_read_budget(path: Path, max_bytes: int | None, as_float32: bool) -> None:
     """Refuse, before reading, a file whose reading would need more than `max_bytes` (None: no limit)."""
     if max_bytes is None:
         return
-    need = read_bytes_needed(path, as_float32)
-    if need is None or need <= max_bytes:
+    info = header_size(path)
+    if info is None:
         return
-    size, components, nbytes = header_size(path)  # type: ignore[misc]
+    need = read_bytes_needed(info, as_float32)
+    if need <= max_bytes:
+        return
+    size, components, nbytes = info
     shape = "x".join(str(s) for s in size) + (f"x{components}" if components > 1 else "")
     raise ImageReadError(
         path, f"needs about {need / GIB:.2f} GiB of memory to read ({shape} voxels of {nbytes} byte(s) in the "

@@ -183,12 +183,13 @@ def check_case(job: _CaseJob) -> _CaseResult:
         except ImageReadError as exc:
             res.errors.append(str(exc))
         else:
+            values = np.unique(seg)
             try:
-                res.errors.extend(_label_value_problems(case.label, seg, job.label_values))
+                res.errors.extend(_label_value_problems(case.label, seg, values, job.label_values))
             except ImageReadError as exc:
                 res.errors.append(str(exc))
             if seg.dtype.kind in "iub":
-                res.label_values = tuple(int(v) for v in np.unique(seg).tolist())
+                res.label_values = tuple(int(v) for v in values.tolist())
             if grid is not None:
                 _compare(res, grid, grid_file, label_geometry, case.label, "label")
                 if not job.accept_label_geometry:
@@ -282,8 +283,8 @@ def _labels_never_present(task: TaskDataset, results: list[_CaseResult]) -> list
             for value in sorted(set(task.label_values) - present) if value != 0]
 
 
-def _label_value_problems(path: Path, seg: np.ndarray, declared: tuple[int, ...]) -> list[str]:
-    """Non-integer values and values that dataset.json does not declare."""
+def _label_value_problems(path: Path, seg: np.ndarray, unique: np.ndarray, declared: tuple[int, ...]) -> list[str]:
+    """Non-integer values and values that dataset.json does not declare (`unique`: np.unique(seg))."""
     if seg.dtype.kind == "f":
         if count_nonfinite(path, seg):
             return [f"{path}: label map contains NaN/inf values; labels must be whole numbers - re-export it"]
@@ -293,7 +294,7 @@ def _label_value_problems(path: Path, seg: np.ndarray, declared: tuple[int, ...]
                 f"{path}: label map holds non-integer values (e.g. {float(fractional.flat[0]):g}); "
                 "labels must be whole numbers - re-export it as an integer label map"
             ]
-    values = [int(v) for v in np.unique(seg).tolist()]  # Python ints: uint64 values stay exact
+    values = [int(v) for v in unique.tolist()]  # Python ints: uint64 values stay exact
     undeclared = sorted(set(values) - set(declared))
     if undeclared:
         shown = ", ".join(str(v) for v in undeclared[:_MAX_LISTED_VALUES])
