@@ -40,6 +40,7 @@ if str(BENCH_DIR) not in sys.path:  # so that `import _nnunet` works from any en
 
 from plan_and_preprocess import (  # noqa: E402  (re-exported for the other benchmarks)
     Measurement,
+    bench_workdir,
     convert_for_nnunet,
     measure,
     nnunet_env,
@@ -49,7 +50,7 @@ from plan_and_preprocess import (  # noqa: E402  (re-exported for the other benc
 )
 
 __all__ = [
-    "BENCH_TRAINER", "Measurement", "autounet_plan", "autounet_plan_command", "autounet_train_command",
+    "BENCH_TRAINER", "Measurement", "autounet_plan", "bench_workdir", "autounet_plan_command", "autounet_train_command",
     "convert_for_nnunet", "match_nnunet_plans", "measure", "nnunet_dataset_folder", "nnunet_env",
     "nnunet_fold_folder", "nnunet_plan_command", "nnunet_predict_command", "nnunet_train_command",
     "nnunet_train_env", "nnunet_version", "overwrite_nnunet_plans", "parse_nnunet_epoch_times", "prepare_nnunet",

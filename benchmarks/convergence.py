@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,13 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="autounet_convergence_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(args, work.resolve())
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with nn_bench.bench_workdir(args.workdir, "autounet_convergence_") as work:
+        return _run(args, work)
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:

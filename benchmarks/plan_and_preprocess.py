@@ -39,7 +39,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,16 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextmanager
+def bench_workdir(workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """The benchmarks' working folder: `workdir` (created, kept for reuse) or a temporary one that is
+    removed afterwards; yielded as an absolute path."""
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work.resolve()
+    finally:
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="autounet_bench_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with bench_workdir(args.workdir, "autounet_bench_") as work:
         return _run(args, work)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _record(runs: dict[str, list[Measurement]], tool: str, measured: Measurement) -> None:

@@ -203,9 +203,7 @@ def compare_with_nnunet(args: argparse.Namespace) -> int:
     import _nnunet as nn_bench
 
     device = _nnunet_device(args.device)
-    work = (args.workdir or Path(tempfile.mkdtemp(prefix="autounet_predict_bench_"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with nn_bench.bench_workdir(args.workdir, "autounet_predict_bench_") as work:
         load_start = " ".join(f"{v:.1f}" for v in os.getloadavg())
         workspace, task, env, input_dir = _prepare_models(args, work, device)
         python = Path(args.nnunet_python)
@@ -256,9 +254,6 @@ def compare_with_nnunet(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps({f"{tool} mirroring {'on' if m else 'off'}": row
                                              for (tool, m), row in rows.items()}, indent=2))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

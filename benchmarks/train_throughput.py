@@ -38,7 +38,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -199,13 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs < 2:
         build_parser().error("--epochs must be at least 2 (the first epoch is warm-up)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="autounet_train_bench_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(args, work.resolve())
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with nn_bench.bench_workdir(args.workdir, "autounet_train_bench_") as work:
+        return _run(args, work)
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:
