@@ -60,9 +60,6 @@ def test_read_json_names_file_and_position(tmp_path: Path) -> None:
 
 def test_read_json_accepts_a_byte_order_mark_and_refuses_duplicate_keys(tmp_path: Path) -> None:
     """Windows editors write a BOM (accepted); a key given twice used to let the last one win silently."""
-    from autounet.errors import DatasetError
-    from autounet.io.atomic import read_json
-
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + b'{"a": 1}')
     assert read_json(bom) == {"a": 1}
@@ -70,3 +67,21 @@ def test_read_json_accepts_a_byte_order_mark_and_refuses_duplicate_keys(tmp_path
     twice.write_text('{"labels": {"0": "bg"}, "x": {"labels": 1, "y": 2, "y": 3}}', encoding="utf-8")
     with pytest.raises(DatasetError, match="key 'y' appears twice in one object"):
         read_json(twice)
+
+
+def test_read_json_refuses_nan_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"dice": NaN}', encoding="utf-8")
+    with pytest.raises(DatasetError, match="'NaN' is not a JSON number"):
+        read_json(path)
+    value = read_json(path, allow_nan=True)["dice"]
+    assert value != value
+
+
+def test_read_json_refuses_deep_nesting_and_devices(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50_000 + "]" * 50_000, encoding="utf-8")
+    with pytest.raises(DatasetError, match="nested too deeply"):
+        read_json(deep)
+    with pytest.raises(DatasetError, match="not a regular file"):
+        read_json("/dev/null")

@@ -246,7 +246,7 @@ def load_best_configuration(workspace: Workspace | str | os.PathLike[str], task:
     path = results_dir / BEST_CONFIGURATION_FILE
     if not path.is_file():
         return None
-    data = read_json(path)
+    data = read_json(path, allow_nan=True)
     if not isinstance(data, dict) or "selected" not in data or "postprocessing" not in data:
         raise DatasetError(f"{path}: not a best-configuration file; re-run `autounet find_best_configuration {task}`")
     data["postprocessing"] = str(results_dir / data["postprocessing"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,25 +93,48 @@ def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
             np.savez_compressed(fh, **arrays)
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read JSON; errors name the file and the position of the syntax problem."""
+MAX_JSON_BYTES = 64 * 2**20
+"""No metadata file of a task, plan or run comes near this (a 10 000-case dataset.json is ~2 MB);
+a bigger one is the wrong file or an attempt to exhaust memory, and is refused before it is read."""
+
+
+def read_json(path: str | os.PathLike[str], *, allow_nan: bool = False) -> Any:
+    """Read JSON; errors name the file and the position of the syntax problem.
+
+    `NaN` and `Infinity` are not JSON: they are refused unless `allow_nan` (our own metric files,
+    where an undefined Dice is written as NaN).
+    """
     from autounet.errors import DatasetError
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is accepted
+        info = path.stat()
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DatasetError(f"{path}: is a folder, not a JSON file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetError(f"{path}: is not a regular file (a device, pipe or socket); give a JSON file")
+    if info.st_size > MAX_JSON_BYTES:
+        raise DatasetError(f"{path}: is {info.st_size / 2**20:.0f} MiB, more than the {MAX_JSON_BYTES // 2**20} MiB "
+                           f"any JSON file of autounet needs; check that it is the right file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is accepted
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
                            f"save it as UTF-8") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a folder, not a JSON file") from None
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys,
+                          parse_constant=None if allow_nan else _refuse_constant)
     except _DuplicateKey as exc:
         raise DatasetError(f"{path}: key '{exc.key}' appears twice in one object; keep one (JSON readers "
                            f"silently take the last)") from None
+    except _NotJsonNumber as exc:
+        raise DatasetError(f"{path}: '{exc}' is not a JSON number (JSON has no NaN or Infinity); "
+                           f"write a finite number") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: nested too deeply to read (thousands of levels of [ or {{); "
+                           f"check that it is the right file") from None
     except json.JSONDecodeError as exc:
         comma_line = trailing_comma_line(text, exc.pos)
         if comma_line is not None:
@@ -120,6 +144,15 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DatasetError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the syntax"
         ) from None
+
+
+class _NotJsonNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    """json parse_constant hook: Python's reader accepts NaN/Infinity, which no other JSON reader does."""
+    raise _NotJsonNumber(name)
 
 
 class _DuplicateKey(ValueError):

@@ -122,7 +122,7 @@ def load_postprocessing(path: str | os.PathLike[str]) -> PostprocessingDecision:
     if not path.is_file():
         raise DatasetError(f"{path}: postprocessing decision not found; run find_best_configuration first "
                            "or predict with --no-postprocessing")
-    return from_dict(PostprocessingDecision, read_json(path), str(path))
+    return from_dict(PostprocessingDecision, read_json(path, allow_nan=True), str(path))
 
 
 def _case_dice_table(item: tuple[str, str, tuple[int, ...]]) -> dict[str, dict[int, float]]:
