@@ -3,17 +3,14 @@
 Why a wrapper: every stage must see the same axis order ((C, Z, Y, X) float32 images,
 (Z, Y, X) label maps), the same notion of "2D case", and a one-line error naming the file
 for anything broken. SimpleITK silently pads truncated NIfTI files with zeros and repairs
-zero or negative pixdim values, so NIfTI headers are checked here before SimpleITK reads them.
+zero or negative pixdim values, so NIfTI headers are checked first (`nifti_header.py`).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import SimpleITK as sitk
 from autounet.errors import ImageReadError
 from autounet.io.atomic import atomic_path
 from autounet.io.geometry import Geometry
+from autounet.io.nifti_header import check_nifti
 from autounet.io.read_budget import check_read_budget
 
 log = logging.getLogger(__name__)
@@ -89,17 +87,19 @@ def case_id_from_filename(name: str | os.PathLike[str], file_ending: str | None 
 # reading
 
 
-def read_image(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[np.ndarray, Geometry]:
+def read_image(path: str | os.PathLike[str], max_bytes: int | None = None,
+               nifti_transform: str | None = None) -> tuple[np.ndarray, Geometry]:
     """Read an image as float32 (C, Z, Y, X) and its grid.
 
     A 4D NIfTI holds channels on its 4th axis (MSD multi-modal files); vector-pixel images
     (e.g. RGB NRRD) hold channels per voxel. A true 2D file is read as (C, 1, Y, X) with
     `file_dim == 2`. NaN/inf are not checked here: the integrity check counts them with
     `count_nonfinite`, because SimpleITK reads NaN/inf in NIfTI files as 0. A file whose header
-    says reading it needs more than `max_bytes` is refused before it is read.
+    says reading it needs more than `max_bytes` is refused before it is read. `nifti_transform`
+    ('qform' or 'sform') says which transform of a NIfTI header defines the grid where they disagree.
     """
     path = Path(path)
-    image = _read_sitk(path, max_bytes, as_float32=True)
+    image = _read_sitk(path, max_bytes, as_float32=True, nifti_transform=nifti_transform)
     dim = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     arr = sitk.GetArrayFromImage(image)  # a copy: a view would dangle once `image` is freed
@@ -119,10 +119,11 @@ def read_image(path: str | os.PathLike[str], max_bytes: int | None = None) -> tu
     return np.ascontiguousarray(data), geometry
 
 
-def read_label(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[np.ndarray, Geometry]:
+def read_label(path: str | os.PathLike[str], max_bytes: int | None = None,
+               nifti_transform: str | None = None) -> tuple[np.ndarray, Geometry]:
     """Read a label map as (Z, Y, X) in its stored dtype; a 4D or multi-component file is an error."""
     path = Path(path)
-    image = _read_sitk(path, max_bytes, as_float32=False)
+    image = _read_sitk(path, max_bytes, as_float32=False, nifti_transform=nifti_transform)
     dim = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     arr = sitk.GetArrayFromImage(image)
@@ -143,8 +144,8 @@ def read_label(path: str | os.PathLike[str], max_bytes: int | None = None) -> tu
     return np.ascontiguousarray(arr), _geometry_of(image, path, tuple(int(s) for s in arr.shape))
 
 
-def read_channels(paths: Sequence[str | os.PathLike[str]], max_bytes: int | None = None
-                  ) -> tuple[np.ndarray, Geometry]:
+def read_channels(paths: Sequence[str | os.PathLike[str]], max_bytes: int | None = None,
+                  nifti_transform: str | None = None) -> tuple[np.ndarray, Geometry]:
     """Read one file per channel (nnU-Net layout) and stack them to (C, Z, Y, X).
 
     A single path may hold several channels (an MSD 4D file); among several paths each file
@@ -158,7 +159,7 @@ def read_channels(paths: Sequence[str | os.PathLike[str]], max_bytes: int | None
     arrays: list[np.ndarray] = []
     reference: Geometry | None = None
     for p in paths:
-        data, geometry = read_image(p, max_bytes)
+        data, geometry = read_image(p, max_bytes, nifti_transform)
         if len(paths) > 1 and data.shape[0] != 1:
             raise ImageReadError(
                 p, f"is 4D ({data.shape[0]} volumes) where a 3D channel file is expected; "
@@ -243,12 +244,14 @@ def count_nonfinite(path: str | os.PathLike[str], data: np.ndarray | None = None
     return int(np.count_nonzero(~np.isfinite(raw)))
 
 
-def _read_sitk(path: Path, max_bytes: int | None = None, as_float32: bool = True) -> sitk.Image:
+def _read_sitk(path: Path, max_bytes: int | None = None, as_float32: bool = True,
+               nifti_transform: str | None = None) -> sitk.Image:
     _check_readable_file(path)
-    check_read_budget(path, max_bytes, as_float32)
     ending = file_ending(path)
-    if ending in (".nii", ".nii.gz"):
-        _check_nifti(path, compressed=ending == ".nii.gz")
+    grid = None
+    if ending in (".nii", ".nii.gz"):  # before anything asks ITK, which prints its own complaints
+        grid = check_nifti(path, compressed=ending == ".nii.gz", trust=nifti_transform)
+    check_read_budget(path, max_bytes, as_float32)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -258,10 +261,28 @@ def _read_sitk(path: Path, max_bytes: int | None = None, as_float32: bool = True
                                    "real-valued image")
     if image.GetDimension() not in (2, 3, 4):
         raise ImageReadError(path, f"is a {image.GetDimension()}D image; only 2D, 3D and 4D (channels) are supported")
+    if grid is not None:
+        _set_grid(image, grid)
+        log.info("%s: qform and sform disagree; using the %s as told", path, nifti_transform)
     return image
 
 
+def _set_grid(image: sitk.Image, affine: np.ndarray) -> None:
+    """Give `image` the spacing, direction and origin of a 4x4 LPS affine (spatial axes only)."""
+    linear = affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    dim = image.GetDimension()
+    direction = np.eye(dim)
+    direction[:3, :3] = linear / spacing
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    image.SetSpacing(tuple(float(v) for v in spacing) + tuple(image.GetSpacing()[3:]))
+    image.SetOrigin(tuple(float(v) for v in affine[:3, 3]) + tuple(image.GetOrigin()[3:]))
+
+
 def _check_readable_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(path, "is a symbolic link whose target does not exist (or a loop of links); point it "
+                                   "at an image file")
     if path.exists() and not path.is_file():
         raise ImageReadError(path, "is not a regular file (a folder, device or socket, possibly through a symbolic "
                                    "link); point it at an image file")
@@ -335,110 +356,6 @@ def _short_reason(exc: RuntimeError) -> str:
 _NO_ORTHONORMAL = "No orthonormal definition found"
 _ITK_PREFIX = re.compile(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?")
 _SOURCE_LINE = re.compile(r"^\S+\.(cxx|hxx|h|cpp):\d+:?$")
-
-
-# NIfTI-1 / NIfTI-2 header fields we need: (dim offset, dim type, pixdim offset, pixdim type,
-# vox_offset offset, vox_offset type, bitpix offset, magic offset, magic)
-_NIFTI_LAYOUTS = {
-    348: (40, "h", 76, "f", 108, "f", 72, 344, b"n+1\x00"),
-    540: (16, "q", 104, "d", 168, "q", 14, 4, b"n+2\x00"),
-}
-
-
-def _check_nifti(path: Path, compressed: bool) -> None:
-    """Refuse NIfTI files that SimpleITK would 'repair' silently: wrong magic, bad pixdim, truncation."""
-    opener = gzip.open if compressed else open
-    try:
-        with opener(path, "rb") as fh:  # type: ignore[operator]
-            head = fh.read(540)
-    except EOFError:
-        raise ImageReadError(
-            path, f"cannot be read as an image (truncated: the gzip data ends early); {_FIX}"
-        ) from None
-    except (OSError, zlib.error) as exc:
-        reason = "not gzip-compressed data" if "Not a gzipped" in str(exc) else f"corrupt gzip data: {exc}"
-        raise ImageReadError(path, f"cannot be read as an image ({reason}); {_FIX}") from None
-    if len(head) < 348:
-        raise ImageReadError(
-            path, f"cannot be read as an image (only {len(head)} bytes, shorter than a NIfTI header); {_FIX}"
-        )
-    layout, endian = None, "<"
-    for size, candidate in _NIFTI_LAYOUTS.items():
-        for e in ("<", ">"):
-            if struct.unpack(e + "i", head[:4])[0] == size and len(head) >= size:
-                layout, endian = candidate, e
-    if layout is None:
-        raise ImageReadError(path, f"cannot be read as an image (not a NIfTI header); {_FIX}")
-    dim_off, dim_t, pix_off, pix_t, vox_off, vox_t, bitpix_off, magic_off, magic = layout
-    if head[magic_off:magic_off + 4] != magic:
-        raise ImageReadError(
-            path, f"cannot be read as an image (wrong magic bytes {head[magic_off:magic_off + 4]!r}, "
-            f"expected a single-file NIfTI {magic[:3].decode()!r}); {_FIX}"
-        )
-    dims = struct.unpack(endian + "8" + dim_t, head[dim_off:dim_off + 8 * struct.calcsize(dim_t)])
-    pixdim = struct.unpack(endian + "8" + pix_t, head[pix_off:pix_off + 8 * struct.calcsize(pix_t)])
-    ndim = int(dims[0])
-    if not 1 <= ndim <= 7:
-        raise ImageReadError(path, f"cannot be read as an image (invalid dimension count {ndim} in the header); {_FIX}")
-    if magic == b"n+1\x00":
-        _check_nifti1_transforms(path, head, endian)
-    zero = [i + 1 for i, d in enumerate(dims[1:1 + ndim]) if int(d) < 1]
-    if zero:
-        raise ImageReadError(path, f"cannot be read as an image (axis {zero[0]} has length {int(dims[zero[0]])} in "
-                                   f"the header: the image is empty); {_FIX}")
-    spatial = pixdim[1:1 + min(ndim, 3)]
-    if any(not np.isfinite(p) or p <= 0 for p in spatial):
-        raise ImageReadError(
-            path, f"spacing (pixdim) {_fmt(spatial)} in the header must be positive; fix the header and re-export"
-        )
-    bitpix = struct.unpack(endian + "h", head[bitpix_off:bitpix_off + 2])[0]
-    vox_offset = int(struct.unpack(endian + vox_t, head[vox_off:vox_off + struct.calcsize(vox_t)])[0])
-    expected = vox_offset + int(np.prod([max(int(d), 1) for d in dims[1:1 + ndim]], dtype=np.int64)) * bitpix // 8
-    actual = _uncompressed_size(path, expected) if compressed else path.stat().st_size
-    if actual < expected:
-        raise ImageReadError(
-            path, f"cannot be read as an image (truncated: {actual} of {expected} bytes present); {_FIX}"
-        )
-
-
-def _check_nifti1_transforms(path: Path, head: bytes, endian: str) -> None:
-    """NaN/inf in the qform (quaternion, offsets) or sform rows of a NIfTI-1 header that declares them:
-    the image library would print matrix dumps and then misreport the axes as sheared."""
-    qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
-    quatern = struct.unpack(endian + "6f", head[256:280])
-    srows = struct.unpack(endian + "12f", head[280:328])
-    for name, code, values in (("qform (quatern_b..qoffset_z)", qform_code, quatern), ("sform (srow_x..z)", sform_code,
-                                                                                       srows)):
-        if code > 0 and not all(np.isfinite(values)):
-            raise ImageReadError(path, f"cannot be read as an image (the {name} in the header holds NaN or inf); "
-                                       f"fix the header or re-export the file")
-
-
-def _uncompressed_size(path: Path, expected: int) -> int:
-    """Size of the decompressed .gz content; cheap when the gzip trailer already agrees.
-
-    A truncated stream counts what could be decompressed; corrupt data is an error.
-    """
-    with open(path, "rb") as fh:
-        fh.seek(-4, os.SEEK_END)
-        isize = struct.unpack("<I", fh.read(4))[0]
-    if isize == expected % 2**32:
-        return expected
-    total = 0
-    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                while chunk:
-                    total += len(decomp.decompress(chunk))
-                    chunk = b""
-                    if decomp.eof:  # next gzip member, if any
-                        chunk = decomp.unused_data
-                        decomp = zlib.decompressobj(16 + zlib.MAX_WBITS) if chunk else decomp
-            total += len(decomp.flush())
-    except zlib.error as exc:
-        raise ImageReadError(path, f"cannot be read as an image (corrupt gzip data: {exc}); {_FIX}") from None
-    return total
 
 
 # ----------------------------------------------------------------------------------------------

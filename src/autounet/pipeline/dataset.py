@@ -24,6 +24,9 @@ from autounet.pipeline.workspace import Workspace
 log = logging.getLogger(__name__)
 
 DATASET_JSON = "dataset.json"
+MAX_LABELS = 1000
+"""Whole-body tasks have about 120 classes; thousands of output channels would not fit any GPU,
+so a larger 'labels' is a mistake (or a trap) and is refused before planning."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def load_task(path: str | os.PathLike[str]) -> TaskDataset:
     if not root.is_dir():
         raise DatasetError(f"{root}: task folder not found; check the path")
     js_path = root / DATASET_JSON
-    if not js_path.is_file():
+    if not js_path.exists():  # anything else that is there gets read_json's message
         raise DatasetError(
             f"{js_path}: file not found; every task folder needs a dataset.json (MSD or nnU-Net v2 format)"
         )
@@ -173,6 +176,9 @@ def _channel_names(raw: Any, js_path: Path, key: str) -> dict[str, str]:
 
 def _check_labels(labels: dict[str, int], js_path: Path) -> dict[str, int]:
     values = list(labels.values())
+    if len(values) > MAX_LABELS:
+        raise DatasetError(f"{js_path}: 'labels' declares {len(values)} labels, more than the {MAX_LABELS} a network "
+                           f"can be planned for; merge labels or check the file")
     if len(set(values)) != len(values):
         raise DatasetError(f"{js_path}: 'labels' gives the same value to several names ({labels}); make them unique")
     if 0 not in values:

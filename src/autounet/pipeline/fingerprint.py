@@ -97,6 +97,7 @@ class _WorkItem:
     seed: tuple[int, int]
     max_samples: int
     max_read_bytes: int | None = None
+    nifti_transform: str | None = None
 
 
 def planning_spacing(geometry: Geometry, shape_zyx: tuple[int, ...]) -> list[float]:
@@ -187,8 +188,8 @@ def _fingerprint_worker(item: _WorkItem) -> tuple[CaseFingerprint, list[np.ndarr
 
     if item.case.label is None:
         raise PlansError(f"case {item.case.case_id}: no label file; the fingerprint needs labelled training cases")
-    image, geometry = read_channels(item.case.images, item.max_read_bytes)
-    seg, _ = read_label(item.case.label, item.max_read_bytes)
+    image, geometry = read_channels(item.case.images, item.max_read_bytes, item.nifti_transform)
+    seg, _ = read_label(item.case.label, item.max_read_bytes, item.nifti_transform)
     rng = np.random.default_rng(list(item.seed))
     record, samples = case_fingerprint(item.case.case_id, image, seg, geometry, rng, item.max_samples)
     return record, samples, bool(geometry.is_2d)
@@ -201,6 +202,7 @@ def extract_fingerprint(
     show_progress: bool = True,
     sample_budget: int = DEFAULT_SAMPLE_BUDGET,
     max_read_bytes: int | None = None,
+    nifti_transform: str | None = None,
 ) -> Fingerprint:
     """Fingerprint every training case of `task` in parallel and pool the intensity samples.
 
@@ -211,7 +213,8 @@ def extract_fingerprint(
     if not cases:
         raise PlansError(f"{task.root}: task has no training cases to fingerprint; add cases to imagesTr/labelsTr")
     per_case = max(1, sample_budget // len(cases))
-    items = [_WorkItem(case=c, seed=(seed, i), max_samples=per_case, max_read_bytes=max_read_bytes)
+    items = [_WorkItem(case=c, seed=(seed, i), max_samples=per_case, max_read_bytes=max_read_bytes,
+                        nifti_transform=nifti_transform)
              for i, c in enumerate(cases)]
     from autounet.pipeline.parallel import run_parallel
 

@@ -50,6 +50,7 @@ class _CaseJob:
     label_values: tuple[int, ...]
     max_read_bytes: int | None = None
     accept_label_geometry: bool = False
+    nifti_transform: str | None = None
 
 
 @dataclass
@@ -64,7 +65,8 @@ class _CaseResult:
 
 
 def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True,
-               max_read_bytes: int | None = None, accept_label_geometry: bool = False) -> IntegrityReport:
+               max_read_bytes: int | None = None, accept_label_geometry: bool = False,
+               nifti_transform: str | None = None) -> IntegrityReport:
     """Check every training case (and that listed test files exist); collect all problems.
 
     `max_read_bytes`: a file that needs more memory to read is refused from its header alone.
@@ -79,7 +81,7 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
     if task.layout == "nnunet":
         report.errors.extend(_undeclared_channel_files(task))
     jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values), max_read_bytes,
-                     accept_label_geometry) for c in task.training]
+                     accept_label_geometry, nifti_transform) for c in task.training]
     results = run_parallel(
         check_case, jobs, [c.case_id for c in task.training], num_workers, desc="integrity check",
         show_progress=show_progress and len(jobs) > 1,
@@ -88,6 +90,7 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
         report.errors.extend(res.errors)
         report.warnings.extend(res.warnings)
     report.errors.extend(_channel_count_consistency(task, results))
+    report.errors.extend(_no_foreground_at_all(task, results))
     report.warnings.extend(_labels_never_present(task, results))
     report.warnings.extend(_files_outside_task(task))
     report.errors.extend(spacing_outliers([(r.grid_file, r.spacing_zyx, r.shape_zyx) for r in results
@@ -103,10 +106,11 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
 
 
 def verify_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = True,
-                max_read_bytes: int | None = None, accept_label_geometry: bool = False) -> IntegrityReport:
+                max_read_bytes: int | None = None, accept_label_geometry: bool = False,
+                nifti_transform: str | None = None) -> IntegrityReport:
     """Run check_task, log its warnings, and raise IntegrityError listing every error."""
     report = check_task(task, num_workers=num_workers, show_progress=show_progress, max_read_bytes=max_read_bytes,
-                        accept_label_geometry=accept_label_geometry)
+                        accept_label_geometry=accept_label_geometry, nifti_transform=nifti_transform)
     for w in report.warnings:
         log.warning("%s", w)
     if report.errors:
@@ -118,7 +122,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
     """All checks of one training case; top-level so that worker processes can run it."""
     res = _CaseResult()
     case = job.case
-    missing = [p for p in job.case.images if not p.exists()]  # other non-files get the reader's message
+    missing = [p for p in job.case.images if not _present(p)]  # other non-files get the reader's message
     for p in missing:
         if job.layout == "nnunet":
             _, channel = split_channel_suffix(p.name.split(".")[0])
@@ -135,7 +139,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
         res.errors.append(
             f"case '{case.case_id}' ({case.images[0]}): no label file given; add a 'label' entry and the label map"
         )
-    elif not case.label.exists():
+    elif not _present(case.label):
         res.errors.append(
             f"{case.label}: label of training case '{case.case_id}' is missing; "
             "add the label map or remove the case"
@@ -149,7 +153,7 @@ def check_case(job: _CaseJob) -> _CaseResult:
         if p in missing:
             continue
         try:
-            data, geometry = read_image(p, job.max_read_bytes)
+            data, geometry = read_image(p, job.max_read_bytes, job.nifti_transform)
         except ImageReadError as exc:
             res.errors.append(str(exc))
             continue
@@ -177,9 +181,9 @@ def check_case(job: _CaseJob) -> _CaseResult:
     if grid is not None:
         res.grid_file, res.spacing_zyx, res.shape_zyx = grid_file, tuple(grid.spacing_zyx), tuple(grid.shape)
 
-    if case.label is not None and case.label.exists():
+    if case.label is not None and _present(case.label):
         try:
-            seg, label_geometry = read_label(case.label, job.max_read_bytes)
+            seg, label_geometry = read_label(case.label, job.max_read_bytes, job.nifti_transform)
         except ImageReadError as exc:
             res.errors.append(str(exc))
         else:
@@ -269,6 +273,21 @@ def _files_outside_task(task: TaskDataset) -> list[str]:
         return []
     return [f"{task.root}: {len(outside)} training file(s) lie outside the task folder (absolute paths or symbolic "
             f"links), e.g. {outside[0]} -> {outside[0].resolve()}; they are read where they are"]
+
+
+def _present(path: Path) -> bool:
+    """There is something at `path`: a broken or looping symbolic link counts, and gets the reader's message."""
+    return path.exists() or path.is_symlink()
+
+
+def _no_foreground_at_all(task: TaskDataset, results: list[_CaseResult]) -> list[str]:
+    """Every label map is background only: there is nothing to learn, and planning would divide by zero."""
+    if any(r.errors for r in results) or not all(r.label_values for r in results):
+        return []
+    if set().union(*(r.label_values for r in results)) - {0}:
+        return []
+    return [f"{task.dataset_json}: none of the {len(results)} training label maps contains a foreground label "
+            f"(all voxels are 0); check that labelsTr holds the right files"]
 
 
 def _labels_never_present(task: TaskDataset, results: list[_CaseResult]) -> list[str]:

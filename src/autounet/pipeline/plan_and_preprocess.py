@@ -77,6 +77,7 @@ def plan_and_preprocess(
     show_progress: bool = True,
     memory_gb: float | None = None,
     accept_label_geometry: bool = False,
+    nifti_transform: str | None = None,
 ) -> PlanAndPreprocessResult:
     from autounet.pipeline.dataset import find_task, load_task
     from autounet.pipeline.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
@@ -96,7 +97,7 @@ def plan_and_preprocess(
 
     log.info("checking dataset integrity ...")
     verify_task(task, num_workers=workers, show_progress=show_progress, max_read_bytes=case_bytes,
-                accept_label_geometry=accept_label_geometry)
+                accept_label_geometry=accept_label_geometry, nifti_transform=nifti_transform)
 
     out = workspace.preprocessed(task.name)
     fp_path = out / "fingerprint.json"
@@ -112,7 +113,7 @@ def plan_and_preprocess(
     else:
         log.info("extracting fingerprint with %d worker(s) ...", workers)
         fingerprint = extract_fingerprint(task, num_workers=workers, show_progress=show_progress,
-                                          max_read_bytes=case_bytes)
+                                          max_read_bytes=case_bytes, nifti_transform=nifti_transform)
         save_fingerprint(fingerprint, fp_path)
 
     if gpu_memory_gb is None:
@@ -134,7 +135,7 @@ def plan_and_preprocess(
 
             raise PlansError(f"{out / 'plans.json'}: configuration(s) {unknown} not planned; planned: {planned}")
         preprocess_task(workspace, task, plans, wanted, num_workers=workers, clean=clean,
-                        show_progress=show_progress, max_bytes=case_bytes)
+                        show_progress=show_progress, max_bytes=case_bytes, nifti_transform=nifti_transform)
         done = wanted
         log.info("preprocessed %s into %s", ", ".join(wanted), out)
     return PlanAndPreprocessResult(task.name, out, planned, done)

@@ -198,16 +198,17 @@ class _CaseJob:
     reference_target: Path | None
     seed: int = DEFAULT_SEED
     max_bytes: int | None = None
+    nifti_transform: str | None = None
 
 
 def _run_job(job: _CaseJob) -> None:
     """Worker entry point: copy the reference label and/or preprocess one case."""
-    seg, label_geometry = read_label(job.label, job.max_bytes)
+    seg, label_geometry = read_label(job.label, job.max_bytes, job.nifti_transform)
     if job.reference_target is not None:
         write_label(seg, label_geometry, job.reference_target)
     if job.configuration is None or job.folder is None:
         return
-    image, geometry = read_channels(list(job.images), job.max_bytes)
+    image, geometry = read_channels(list(job.images), job.max_bytes, job.nifti_transform)
     try:
         data, seg_out, props, locations = preprocess_case(
             image, seg, geometry, job.plans, job.configuration, rng_seed=job.seed, case_id=job.case_id,
@@ -248,6 +249,7 @@ def preprocess_task(
     clean: bool = False,
     show_progress: bool = True,
     max_bytes: int | None = None,
+    nifti_transform: str | None = None,
 ) -> None:
     """Preprocess every training case of `task` for `configurations`, resumably.
 
@@ -282,11 +284,13 @@ def preprocess_task(
             folder = root / identifier
             if CaseStore(folder).is_finished(case.case_id):
                 continue
-            jobs.append(_CaseJob(case.case_id, images, label, plans, name, folder, gt_target, max_bytes=max_bytes))
+            jobs.append(_CaseJob(case.case_id, images, label, plans, name, folder, gt_target, max_bytes=max_bytes,
+                                 nifti_transform=nifti_transform))
             names.append(f"{case.case_id} ({identifier})")
             gt_target = None
         if gt_target is not None:
-            jobs.append(_CaseJob(case.case_id, images, label, plans, None, None, gt_target, max_bytes=max_bytes))
+            jobs.append(_CaseJob(case.case_id, images, label, plans, None, None, gt_target, max_bytes=max_bytes,
+                             nifti_transform=nifti_transform))
             names.append(f"{case.case_id} (reference label)")
 
     for identifier in identifiers:
