@@ -19,6 +19,12 @@ from autounet.pipeline.demo_data import write_demo_task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# The suite runs with --import-mode=importlib, which puts no test folder on sys.path; the
+# refusal catalogues share their harness (refusals.py) from here.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
 
 @pytest.fixture(scope="session")
 def demo_task_3d(tmp_path_factory: pytest.TempPathFactory) -> Path:

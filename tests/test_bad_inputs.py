@@ -1,141 +1,28 @@
-"""The bad-input catalogue: every broken input, fed to the command that reads it, through the CLI.
+"""The bad-input catalogue of the issues: every broken input, fed to the command that reads it, through the CLI.
 
 Why through `autounet.cli.main`: what a user sees is the CLI's `error: ...` line and its exit
-code, not a Python exception. Each case builds one broken input in a private copy of the demo
-task (the session fixtures are shared and never changed), runs the command, and asserts:
-
-- a non-zero exit code;
-- the error names the offending file or key: one line `error: ...` that is the last line on
-  stderr, or, for the integrity check (which lists every problem of a task at once), a first
-  line `error: N problem(s) found in the task; nothing was written:` followed by exactly N
-  lines `  - <problem>`, each naming a file;
-- nothing was written anywhere: the workspace (raw/, preprocessed/, results/) and the
-  prediction input/output folders are byte-for-byte and mtime-for-mtime as before.
-
-The messages are also the ones listed in the README's troubleshooting section (the
-table); a changed message fails here until that table is updated.
+code, not a Python exception. The checks of each case (one line naming the file or key, no
+traceback, nothing written, the message listed in the README) are in `refusals.py`; further
+hostile cases of our own are in test_hostile_inputs.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
-import json
-import os
-import re
 import shutil
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from autounet.cli import main
 from autounet.io.images import read_image, read_label, write_image, write_label
-from autounet.pipeline.demo_data import convert_msd_to_nnunet
-from autounet.planners.plans import NetworkPlan, load_plans, save_plans
-
-TASK = "Task01_Demo"
-NNUNET_TASK = "Dataset001_Demo"
-TROUBLESHOOTING = Path(__file__).resolve().parents[1] / "README.md"
-_INTEGRITY_HEAD = re.compile(r"^error: (\d+) problem\(s\) found in the task; nothing was written:$")
-
-
-# ----------------------------------------------------------------------------------------------
-# scene: a private workspace plus prediction folders, all under one temporary root
-
-
-@dataclass(frozen=True)
-class Scene:
-    """Where a case builds its broken input; everything under `root` must stay untouched by the command."""
-
-    root: Path
-
-    @property
-    def ws(self) -> Path:
-        return self.root / "ws"
-
-    @property
-    def task(self) -> Path:
-        return self.ws / "raw" / TASK
-
-    @property
-    def images(self) -> Path:
-        """Prediction input folder."""
-        return self.root / "images"
-
-    @property
-    def predictions(self) -> Path:
-        """Prediction output folder (must not appear after a refused run)."""
-        return self.root / "predictions"
-
-    @property
-    def dataset_json(self) -> Path:
-        return self.task / "dataset.json"
-
-    @property
-    def preprocessed_plans(self) -> Path:
-        return self.ws / "preprocessed" / TASK / "plans.json"
-
-    @property
-    def run_plans(self) -> Path:
-        return self.ws / "results" / TASK / "3d_fullres" / "plans.json"
-
-    def image(self, case: str = "demo_001") -> Path:
-        return self.task / "imagesTr" / f"{case}.nii.gz"
-
-    def label(self, case: str = "demo_001") -> Path:
-        return self.task / "labelsTr" / f"{case}.nii.gz"
-
-    def held_out_image(self) -> Path:
-        return self.task / "imagesTs" / "demo_009.nii.gz"
-
-
-@dataclass(frozen=True)
-class Expect:
-    """The command line to run (without --workspace) and the texts the error must contain."""
-
-    argv: list[str]
-    names: tuple[str, ...]
-
-
-def _plan_and_preprocess(task: str = TASK) -> list[str]:
-    return ["plan_and_preprocess", task, "-np", "0", "--no-progress"]
-
-
-def _predict(scene: Scene, output: Path | None = None) -> list[str]:
-    return ["predict", "-i", str(scene.images), "-o", str(output or scene.predictions), "--device", "cpu",
-            "--disable-tta"]
-
-
-# ----------------------------------------------------------------------------------------------
-# editing helpers
-
-
-def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
-
-
-def _patch_nifti_pixdim(path: Path, axis: int, value: float) -> None:
-    """Overwrite pixdim[axis] (1 = x) of a little-endian NIfTI-1 .nii.gz in place, bypassing every writer."""
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    assert struct.unpack_from("<i", raw, 0)[0] == 348, "expected a little-endian NIfTI-1 header"
-    struct.pack_into("<f", raw, 76 + 4 * axis, value)
-    path.write_bytes(gzip.compress(bytes(raw)))
-
-
-def _to_nnunet(scene: Scene, change: Callable[[Path], None] | None = None) -> Path:
-    """Replace the MSD task in raw/ by its nnU-Net layout version and apply `change` to it."""
-    out = convert_msd_to_nnunet(scene.task, scene.ws / "raw")
-    shutil.rmtree(scene.task)
-    if change is not None:
-        change(out)
-    return out
+from refusals import (
+    NNUNET_TASK, TROUBLESHOOTING, Case, Expect, Scene, assert_refused, build_planned_workspace, edit_json,
+    normalise, patch_nifti_pixdim, plan_and_preprocess_argv, predict_argv, run_failing_prediction, to_nnunet,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,17 +32,17 @@ def _to_nnunet(scene: Scene, change: Callable[[Path], None] | None = None) -> Pa
 def truncated_image(s: Scene) -> Expect:
     data = s.image().read_bytes()
     s.image().write_bytes(data[: len(data) // 2])
-    return Expect(_plan_and_preprocess(), (str(s.image()), "truncated"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "truncated"))
 
 
 def not_an_image(s: Scene) -> Expect:
     s.image().write_text("patient_id,age\n17,54\n" * 40, encoding="utf-8")
-    return Expect(_plan_and_preprocess(), (str(s.image()), "cannot be read as an image"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "cannot be read as an image"))
 
 
 def zero_byte_image(s: Scene) -> Expect:
     s.image().write_bytes(b"")
-    return Expect(_plan_and_preprocess(), (str(s.image()), "0 bytes"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "0 bytes"))
 
 
 def nan_inf_image(s: Scene) -> Expect:
@@ -164,7 +51,7 @@ def nan_inf_image(s: Scene) -> Expect:
     image[0, 0, :3] = np.nan
     image[0, 1, :2] = np.inf
     write_image(image, geometry, s.image())
-    return Expect(_plan_and_preprocess(), (str(s.image()), "5 NaN/inf"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "5 NaN/inf"))
 
 
 def nnunet_channel_file_4d(s: Scene) -> Expect:
@@ -173,28 +60,28 @@ def nnunet_channel_file_4d(s: Scene) -> Expect:
         data, geometry = read_image(path)
         write_image(np.concatenate([data, data]), geometry, path)
 
-    root = _to_nnunet(s, make_4d)
-    return Expect(_plan_and_preprocess(NNUNET_TASK), (str(root / "imagesTr" / "demo_001_0000.nii.gz"), "is 4D"))
+    root = to_nnunet(s, make_4d)
+    return Expect(plan_and_preprocess_argv(NNUNET_TASK), (str(root / "imagesTr" / "demo_001_0000.nii.gz"), "is 4D"))
 
 
 def msd_3d_where_4d_declared(s: Scene) -> Expect:
-    _edit_json(s.dataset_json, lambda d: d.__setitem__("modality", {"0": "MR", "1": "CT"}))
-    return Expect(_plan_and_preprocess(), (str(s.image()), "has 1 channel(s) but dataset.json declares 2"))
+    edit_json(s.dataset_json, lambda d: d.__setitem__("modality", {"0": "MR", "1": "CT"}))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "has 1 channel(s) but dataset.json declares 2"))
 
 
 def nnunet_channel_missing(s: Scene) -> Expect:
     def declare_two(root: Path) -> None:
-        _edit_json(root / "dataset.json", lambda d: d.__setitem__("channel_names", {"0": "MR", "1": "CT"}))
+        edit_json(root / "dataset.json", lambda d: d.__setitem__("channel_names", {"0": "MR", "1": "CT"}))
 
-    root = _to_nnunet(s, declare_two)
-    return Expect(_plan_and_preprocess(NNUNET_TASK),
+    root = to_nnunet(s, declare_two)
+    return Expect(plan_and_preprocess_argv(NNUNET_TASK),
                   (str(root / "imagesTr" / "demo_001_0001.nii.gz"), "channel 1 file of case 'demo_001' is missing"))
 
 
 def label_4d(s: Scene) -> Expect:
     seg, geometry = read_label(s.label())
     write_image(np.stack([seg, seg]), geometry, s.label())
-    return Expect(_plan_and_preprocess(), (str(s.label()), "label map must be 3D"))
+    return Expect(plan_and_preprocess_argv(), (str(s.label()), "label map must be 3D"))
 
 
 def label_float_values(s: Scene) -> Expect:
@@ -202,30 +89,30 @@ def label_float_values(s: Scene) -> Expect:
     values = seg.astype(np.float32)
     values[seg == 2] = 0.5
     write_image(values, geometry, s.label())
-    return Expect(_plan_and_preprocess(), (str(s.label()), "non-integer values (e.g. 0.5)"))
+    return Expect(plan_and_preprocess_argv(), (str(s.label()), "non-integer values (e.g. 0.5)"))
 
 
 def label_undeclared_value(s: Scene) -> Expect:
     seg, geometry = read_label(s.label())
     write_label(np.where(seg == 2, 5, seg), geometry, s.label())
-    return Expect(_plan_and_preprocess(), (str(s.label()), "label value(s) 5 are not declared"))
+    return Expect(plan_and_preprocess_argv(), (str(s.label()), "label value(s) 5 are not declared"))
 
 
 def label_shape_mismatch(s: Scene) -> Expect:
     seg, geometry = read_label(s.label())
     cropped = seg[:-2]
     write_label(cropped, dataclasses.replace(geometry, shape=tuple(cropped.shape)), s.label())
-    return Expect(_plan_and_preprocess(), (str(s.label()), "has shape"))
+    return Expect(plan_and_preprocess_argv(), (str(s.label()), "has shape"))
 
 
 def spacing_zero(s: Scene) -> Expect:
-    _patch_nifti_pixdim(s.image(), axis=1, value=0.0)
-    return Expect(_plan_and_preprocess(), (str(s.image()), "must be positive"))
+    patch_nifti_pixdim(s.image(), axis=1, value=0.0)
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "must be positive"))
 
 
 def spacing_negative(s: Scene) -> Expect:
-    _patch_nifti_pixdim(s.image(), axis=3, value=-2.0)
-    return Expect(_plan_and_preprocess(), (str(s.image()), "must be positive"))
+    patch_nifti_pixdim(s.image(), axis=3, value=-2.0)
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "must be positive"))
 
 
 def direction_sheared_nifti(s: Scene) -> Expect:
@@ -237,7 +124,7 @@ def direction_sheared_nifti(s: Scene) -> Expect:
     out.set_sform(affine, code=1)
     out.set_qform(None, code=0)
     nib.save(out, str(s.image()))
-    return Expect(_plan_and_preprocess(), (str(s.image()), "orthonormal"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "orthonormal"))
 
 
 def direction_scaled_mha(s: Scene) -> Expect:
@@ -250,30 +137,30 @@ def direction_scaled_mha(s: Scene) -> Expect:
     def point_to_mha(d: dict) -> None:
         d["training"][0]["image"] = "./imagesTr/demo_001.mha"
 
-    _edit_json(s.dataset_json, point_to_mha)
-    return Expect(_plan_and_preprocess(), (str(mha), "direction matrix in the header is not orthonormal"))
+    edit_json(s.dataset_json, point_to_mha)
+    return Expect(plan_and_preprocess_argv(), (str(mha), "direction matrix in the header is not orthonormal"))
 
 
 def dataset_json_trailing_comma(s: Scene) -> Expect:
     text = s.dataset_json.read_text(encoding="utf-8").rstrip()
     assert text.endswith("}")
     s.dataset_json.write_text(text[:-1].rstrip() + ",\n}\n", encoding="utf-8")
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "trailing comma at line"))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "trailing comma at line"))
 
 
 def dataset_json_missing_key(s: Scene) -> Expect:
-    _edit_json(s.dataset_json, lambda d: d.pop("labels"))
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "missing required key 'labels'"))
+    edit_json(s.dataset_json, lambda d: d.pop("labels"))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "missing required key 'labels'"))
 
 
 def nnunet_dataset_json_missing_key(s: Scene) -> Expect:
-    root = _to_nnunet(s, lambda r: _edit_json(r / "dataset.json", lambda d: d.pop("file_ending")))
-    return Expect(_plan_and_preprocess(NNUNET_TASK), (str(root / "dataset.json"), "'file_ending'"))
+    root = to_nnunet(s, lambda r: edit_json(r / "dataset.json", lambda d: d.pop("file_ending")))
+    return Expect(plan_and_preprocess_argv(NNUNET_TASK), (str(root / "dataset.json"), "'file_ending'"))
 
 
 def num_training_mismatch(s: Scene) -> Expect:
-    _edit_json(s.dataset_json, lambda d: d.__setitem__("numTraining", 9))
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "'numTraining' is 9"))
+    edit_json(s.dataset_json, lambda d: d.__setitem__("numTraining", 9))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "'numTraining' is 9"))
 
 
 def nnunet_num_training_mismatch(s: Scene) -> Expect:
@@ -281,17 +168,17 @@ def nnunet_num_training_mismatch(s: Scene) -> Expect:
         (root / "imagesTr" / "demo_008_0000.nii.gz").unlink()
         (root / "labelsTr" / "demo_008.nii.gz").unlink()
 
-    root = _to_nnunet(s, drop_case)
-    return Expect(_plan_and_preprocess(NNUNET_TASK), (str(root / "dataset.json"), "'numTraining' is 8"))
+    root = to_nnunet(s, drop_case)
+    return Expect(plan_and_preprocess_argv(NNUNET_TASK), (str(root / "dataset.json"), "'numTraining' is 8"))
 
 
 def duplicate_case_id(s: Scene) -> Expect:
-    _edit_json(s.dataset_json, lambda d: d["training"].append(dict(d["training"][0])))
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "case id 'demo_001' more than once"))
+    edit_json(s.dataset_json, lambda d: d["training"].append(dict(d["training"][0])))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "case id 'demo_001' more than once"))
 
 
 def _bad_patch(path: Path, patch: list[int]) -> None:
-    _edit_json(path, lambda d: d["configurations"]["3d_fullres"].__setitem__("patch_size", patch))
+    edit_json(path, lambda d: d["configurations"]["3d_fullres"].__setitem__("patch_size", patch))
 
 
 def plans_patch_not_divisible(s: Scene) -> Expect:
@@ -310,54 +197,54 @@ def predict_run_plans_patch_not_divisible(s: Scene) -> Expect:
     s.images.mkdir()
     shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
     shutil.copyfile(s.held_out_image(), s.images / "demo_009_0001.nii.gz")
-    return Expect(_predict(s), (str(s.run_plans), "3d_fullres.patch_size", "not divisible"))
+    return Expect(predict_argv(s), (str(s.run_plans), "3d_fullres.patch_size", "not divisible"))
 
 
 def predict_missing_channel(s: Scene) -> Expect:
     s.images.mkdir()
     shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
-    return Expect(_predict(s), (str(s.images / "demo_009_0001.nii.gz"), "channel 1 of case 'demo_009' is missing"))
+    return Expect(predict_argv(s), (str(s.images / "demo_009_0001.nii.gz"), "channel 1 of case 'demo_009' is missing"))
 
 
 def predict_3d_file_for_two_channel_model(s: Scene) -> Expect:
     s.images.mkdir()
     shutil.copyfile(s.held_out_image(), s.images / "demo_009.nii.gz")
-    return Expect(_predict(s), (str(s.images / "demo_009.nii.gz"), "has 1 channel(s) but the model expects 2"))
+    return Expect(predict_argv(s), (str(s.images / "demo_009.nii.gz"), "has 1 channel(s) but the model expects 2"))
 
 
 def predict_empty_input(s: Scene) -> Expect:
     s.images.mkdir()
-    return Expect(_predict(s), (str(s.images), "no input images"))
+    return Expect(predict_argv(s), (str(s.images), "no input images"))
 
 
 def predict_output_is_input(s: Scene) -> Expect:
     s.images.mkdir()
     shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
-    return Expect(_predict(s, output=s.images), (str(s.images), "the output folder is the input folder"))
+    return Expect(predict_argv(s, output=s.images), (str(s.images), "the output folder is the input folder"))
 
 
 def dataset_json_not_utf8(s: Scene) -> Expect:
     text = s.dataset_json.read_text(encoding="utf-8").replace('"name": "Demo"', '"name": "Dém\u00f6"')
     s.dataset_json.write_bytes(text.encode("latin-1"))
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "not UTF-8 text", "save it as UTF-8"))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "not UTF-8 text", "save it as UTF-8"))
 
 
 def dataset_json_duplicate_key(s: Scene) -> Expect:
     text = s.dataset_json.read_text(encoding="utf-8").rstrip()
     s.dataset_json.write_text(text[:-1] + ', "labels": {"0": "background", "1": "organ"}\n}\n', encoding="utf-8")
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "key 'labels' appears twice"))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "key 'labels' appears twice"))
 
 
 def num_training_string(s: Scene) -> Expect:
-    _edit_json(s.dataset_json, lambda d: d.__setitem__("numTraining", str(d["numTraining"])))
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "'numTraining' must be an integer", "(str)"))
+    edit_json(s.dataset_json, lambda d: d.__setitem__("numTraining", str(d["numTraining"])))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "'numTraining' must be an integer", "(str)"))
 
 
 def predict_output_is_a_file(s: Scene) -> Expect:
     s.images.mkdir()
     shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
     s.predictions.write_text("not a folder\n", encoding="utf-8")
-    return Expect(_predict(s), (str(s.predictions), "exists and is a file"))
+    return Expect(predict_argv(s), (str(s.predictions), "exists and is a file"))
 
 
 def predict_run_plans_negative_patch(s: Scene) -> Expect:
@@ -365,11 +252,11 @@ def predict_run_plans_negative_patch(s: Scene) -> Expect:
     s.images.mkdir()
     shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
     shutil.copyfile(s.held_out_image(), s.images / "demo_009_0001.nii.gz")
-    return Expect(_predict(s), (str(s.run_plans), "3d_fullres.patch_size", "within 1..4096"))
+    return Expect(predict_argv(s), (str(s.run_plans), "3d_fullres.patch_size", "within 1..4096"))
 
 
 def train_plans_huge_batch(s: Scene) -> Expect:
-    _edit_json(s.preprocessed_plans, lambda d: d["configurations"]["3d_fullres"].__setitem__("batch_size", 1000000))
+    edit_json(s.preprocessed_plans, lambda d: d["configurations"]["3d_fullres"].__setitem__("batch_size", 1000000))
     return Expect(["train", "3d_fullres", "fold", "0", "--device", "cpu", "--workers", "0"],
                   (str(s.preprocessed_plans), "3d_fullres.batch_size", "within 1..4096"))
 
@@ -378,7 +265,7 @@ def complex_image(s: Scene) -> Expect:
     data, geometry = read_image(s.image())
     image = nib.Nifti1Image(data[0].T.astype(np.complex64) * (1 + 1j), np.diag([*geometry.spacing, 1.0]))
     nib.save(image, s.image())
-    return Expect(_plan_and_preprocess(), (str(s.image()), "complex-valued voxels"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "complex-valued voxels"))
 
 
 def label_value_beyond_int64(s: Scene) -> Expect:
@@ -390,7 +277,7 @@ def label_value_beyond_int64(s: Scene) -> Expect:
     image = sitk.GetImageFromArray(seg)
     image.CopyInformation(original)
     sitk.WriteImage(image, str(s.label()))
-    return Expect(_plan_and_preprocess(), (str(s.label()), "label value(s) 9223372036854775813 are not declared"))
+    return Expect(plan_and_preprocess_argv(), (str(s.label()), "label value(s) 9223372036854775813 are not declared"))
 
 
 def label_shifted_origin(s: Scene) -> Expect:
@@ -399,20 +286,20 @@ def label_shifted_origin(s: Scene) -> Expect:
     label = sitk.ReadImage(str(s.label()))
     label.SetOrigin(tuple(o + d for o, d in zip(label.GetOrigin(), (40.0, 0.0, 0.0))))
     sitk.WriteImage(label, str(s.label()))
-    return Expect(_plan_and_preprocess(), (str(s.label()), "label lies elsewhere in space", "--accept-label-geometry"))
+    return Expect(plan_and_preprocess_argv(), (str(s.label()), "label lies elsewhere in space", "--accept-label-geometry"))
 
 
 def zero_length_axis(s: Scene) -> Expect:
     raw = bytearray(gzip.decompress(s.image().read_bytes()))
     struct.pack_into("<h", raw, 42, 0)  # dim[1] = 0
     s.image().write_bytes(gzip.compress(bytes(raw)))
-    return Expect(_plan_and_preprocess(), (str(s.image()), "axis 1 has length 0", "the image is empty"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "axis 1 has length 0", "the image is empty"))
 
 
 def image_is_a_device(s: Scene) -> Expect:
     s.image().unlink()
     s.image().symlink_to("/dev/zero")
-    return Expect(_plan_and_preprocess(), (str(s.image()), "is not a regular file"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "is not a regular file"))
 
 
 def nan_in_header_offsets(s: Scene) -> Expect:
@@ -420,12 +307,24 @@ def nan_in_header_offsets(s: Scene) -> Expect:
     struct.pack_into("<h", raw, 252, 1)  # qform_code: scanner
     struct.pack_into("<3f", raw, 268, float("nan"), 0.0, 0.0)  # qoffset_x..z
     s.image().write_bytes(gzip.compress(bytes(raw)))
-    return Expect(_plan_and_preprocess(), (str(s.image()), "qform (quatern_b..qoffset_z) in the header holds NaN"))
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "qform (quatern_b..qoffset_z) in the header holds NaN"))
+
+
+def qform_sform_disagree(s: Scene) -> Expect:
+    img = nib.load(s.image())
+    sform = img.affine.copy()
+    sform[0] *= -1  # x flipped ...
+    sform[0, 3] += 100.0  # ... and 100 mm away
+    img.set_sform(sform, code=1)
+    img.set_qform(img.get_qform(), code=1)
+    nib.save(img, s.image())
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "the qform and the sform of the NIfTI header disagree",
+                                               "--nifti-transform qform|sform"))
 
 
 def msd_label_name_twice(s: Scene) -> Expect:
-    _edit_json(s.dataset_json, lambda d: d.__setitem__("labels", {"0": "background", "1": "organ", "2": "organ"}))
-    return Expect(_plan_and_preprocess(), (str(s.dataset_json), "gives the name 'organ' to values 1 and 2"))
+    edit_json(s.dataset_json, lambda d: d.__setitem__("labels", {"0": "background", "1": "organ", "2": "organ"}))
+    return Expect(plan_and_preprocess_argv(), (str(s.dataset_json), "gives the name 'organ' to values 1 and 2"))
 
 
 def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
@@ -449,35 +348,23 @@ def _large_zero_nifti(path: Path, shape_xyz: tuple[int, int, int]) -> None:
 
 def image_needs_more_memory_than_allowed(s: Scene) -> Expect:
     _large_zero_nifti(s.image(), (512, 512, 512))
-    return Expect(_plan_and_preprocess() + ["--memory-gb", "0.25"],
+    return Expect(plan_and_preprocess_argv() + ["--memory-gb", "0.25"],
                   (str(s.image()), "needs about 1.00 GiB of memory to read", "0.20 GiB one case may use"))
 
 
 def spacing_outlier_large(s: Scene) -> Expect:
     for path in (s.image(), s.label()):
         for axis in (1, 2, 3):
-            _patch_nifti_pixdim(path, axis, 100.0)
-    return Expect(_plan_and_preprocess(), (str(s.image()), "spacing 100x100x100 mm", "check the spacing"))
+            patch_nifti_pixdim(path, axis, 100.0)
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "spacing 100x100x100 mm", "check the spacing"))
 
 
 def spacing_outlier_small(s: Scene) -> Expect:
     for path in (s.image(), s.label()):
         for axis in (1, 2, 3):
-            _patch_nifti_pixdim(path, axis, 1e-4)
-    return Expect(_plan_and_preprocess(), (str(s.image()), "spacing 0.0001x0.0001x0.0001 mm", "check the spacing"))
+            patch_nifti_pixdim(path, axis, 1e-4)
+    return Expect(plan_and_preprocess_argv(), (str(s.image()), "spacing 0.0001x0.0001x0.0001 mm", "check the spacing"))
 
-
-@dataclass(frozen=True)
-class Case:
-    """One row of the catalogue. `planned`: the workspace already holds plans and a trained run."""
-
-    build: Callable[[Scene], Expect]
-    planned: bool = False
-    integrity: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.build.__name__
 
 
 CASES: tuple[Case, ...] = (
@@ -495,6 +382,7 @@ CASES: tuple[Case, ...] = (
     Case(label_shifted_origin, integrity=True),
     Case(zero_length_axis, integrity=True),
     Case(nan_in_header_offsets, integrity=True),
+    Case(qform_sform_disagree, integrity=True),
     Case(image_is_a_device, integrity=True),
     Case(complex_image, integrity=True),
     Case(label_shape_mismatch, integrity=True),
@@ -528,69 +416,11 @@ CASES: tuple[Case, ...] = (
 )
 
 
-# ----------------------------------------------------------------------------------------------
-# fixtures
-
 
 
 @pytest.fixture(scope="module")
 def planned_workspace(demo_task_3d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with plans for the demo task and a tiny untrained two-channel 3d_fullres 'trained' run.
-
-    The run's plans are hand-made small (2 stages, 4/8 features, patch 16^3) so that the
-    checkpoint is a few kB; two channels let prediction-time channel errors show.
-    """
-    from autounet.networks.registry import build_network
-    from autounet.training.checkpoint import save_checkpoint
-
-    ws = tmp_path_factory.mktemp("planned") / "ws"
-    shutil.copytree(demo_task_3d, ws / "raw" / TASK)
-    rc = main(_plan_and_preprocess() + ["--plan-only", "--workspace", str(ws)])
-    assert rc == 0
-    plans = load_plans(ws / "preprocessed" / TASK / "plans.json")
-    cfg = plans.configurations["3d_fullres"]
-    network = NetworkPlan(architecture="plain_unet", features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2,
-                          strides=[[1, 1, 1], [2, 2, 2]], n_conv_encoder=[1, 1], n_conv_decoder=[1])
-    tiny = dataclasses.replace(cfg, patch_size=[16, 16, 16], network=network, normalization=cfg.normalization * 2,
-                               use_mask_for_norm=cfg.use_mask_for_norm * 2, next_stage=None, previous_stage=None)
-    intensity = plans.foreground_intensity_properties["0"]
-    run_plans = dataclasses.replace(plans, channel_names={"0": "MR", "1": "MR"},
-                                    foreground_intensity_properties={"0": intensity, "1": intensity},
-                                    configurations={"3d_fullres": tiny})
-    run_dir = ws / "results" / TASK / "3d_fullres"
-    save_plans(run_plans, run_dir / "plans.json")
-    net = build_network("plain_unet", network, in_channels=2, num_classes=run_plans.num_classes)
-    save_checkpoint(run_dir / "fold_0" / "checkpoint_final.pt", {
-        "format": 1, "network": net.state_dict(), "network_name": "plain_unet", "configuration": "3d_fullres",
-        "mirror_axes": [0, 1, 2]})
-    return ws
-
-
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every folder and file under `root` with its size and mtime: any write changes it."""
-    out: dict[str, tuple[int, int]] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            st = path.lstat()
-            out[str(path.relative_to(root))] = (st.st_size if name in files else -1, st.st_mtime_ns)
-    return out
-
-
-def normalise(text: str, scene: Scene) -> str:
-    """A message with this run's temporary paths replaced by `<ws>` and `<dir>`, as in the docs table."""
-    return text.replace(str(scene.ws), "<ws>").replace(str(scene.root), "<dir>")
-
-
-def documented_lines(block: list[str], case: Case) -> list[str]:
-    """The lines of an error the troubleshooting table quotes: the message, or the head and first problem."""
-    if case.integrity:
-        return [block[0], block[1].strip()]
-    return block
-
-
-# ----------------------------------------------------------------------------------------------
-# the test
+    return build_planned_workspace(demo_task_3d, tmp_path_factory.mktemp("planned") / "ws")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -598,41 +428,8 @@ def test_bad_input_is_refused_in_one_line_naming_it(
     case: Case, request: pytest.FixtureRequest, demo_task_3d: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scene = Scene(tmp_path.resolve())
-    if case.planned:
-        shutil.copytree(request.getfixturevalue("planned_workspace"), scene.ws)
-    else:
-        shutil.copytree(demo_task_3d, scene.task)
-    expect = case.build(scene)
-    monkeypatch.chdir(scene.root)
-    before = _snapshot(scene.root)
-    capsys.readouterr()
-
-    rc = main([*expect.argv, "--workspace", str(scene.ws)])
-
-    stderr = capsys.readouterr().err
-    assert rc != 0, stderr
-    lines = stderr.rstrip("\n").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
-    assert len(starts) == 1, f"expected exactly one 'error:' line on stderr:\n{stderr}"
-    block = lines[starts[0]:]
-    if case.integrity:
-        head = _INTEGRITY_HEAD.match(block[0])
-        assert head, f"integrity errors start with the problem count:\n{stderr}"
-        problems = block[1:]
-        assert len(problems) == int(head.group(1)), stderr
-        assert all(p.startswith("  - ") and str(scene.ws) in p for p in problems), f"a problem names no file:\n{stderr}"
-        assert any(all(n in p for n in expect.names) for p in problems), f"no problem names {expect.names}:\n{stderr}"
-    else:
-        assert len(block) == 1, f"the error must be the last line on stderr, and one line:\n{stderr}"
-        missing = [n for n in expect.names if n not in block[0]]
-        assert not missing, f"the error does not name {missing}:\n{block[0]}"
-    assert _snapshot(scene.root) == before, "the refused command wrote or changed files"
-
-    table = TROUBLESHOOTING.read_text(encoding="utf-8").replace("\\|", "|")
-    for line in documented_lines(block, case):
-        assert normalise(line, scene) in table, f"README.md (Troubleshooting) lacks this message of {case.id}:\n" \
-                                                 f"{normalise(line, scene)}"
+    assert_refused(case, Scene(tmp_path.resolve()), demo_task_3d, lambda: request.getfixturevalue("planned_workspace"),
+                   capsys, monkeypatch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -649,18 +446,6 @@ def predict_scene(planned_workspace: Path, tmp_path: Path, monkeypatch: pytest.M
     return scene
 
 
-def _run_failing_prediction(scene: Scene, capsys: pytest.CaptureFixture[str]) -> str:
-    """Predict scene.images; return the last stderr line after checking exit code and untouched workspace."""
-    before = _snapshot(scene.ws)
-    capsys.readouterr()
-    rc = main([*_predict(scene), "--workspace", str(scene.ws)])
-    stderr = capsys.readouterr().err
-    assert rc != 0, stderr
-    assert _snapshot(scene.ws) == before, "prediction changed the workspace"
-    assert not (scene.predictions / "demo_009.nii.gz").exists(), "a prediction was written for the broken case"
-    return stderr.rstrip("\n").splitlines()[-1]
-
-
 def test_unreadable_case_at_prediction_names_case_and_file(
     predict_scene: Scene, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -669,7 +454,7 @@ def test_unreadable_case_at_prediction_names_case_and_file(
     broken.write_bytes(data[: len(data) // 2])
     shutil.copyfile(predict_scene.held_out_image(), predict_scene.images / "demo_009_0001.nii.gz")
 
-    last = _run_failing_prediction(predict_scene, capsys)
+    last = run_failing_prediction(predict_scene, capsys)
 
     assert last.startswith(f"error: demo_009: {broken}: cannot be read as an image (truncated")
     assert sorted(p.name for p in predict_scene.predictions.iterdir()) == ["predict_info.json"]
@@ -684,7 +469,7 @@ def test_4d_channel_file_at_prediction_names_the_file(
     write_image(np.concatenate([data, data]), geometry, four_d)
     shutil.copyfile(predict_scene.held_out_image(), predict_scene.images / "demo_009_0001.nii.gz")
 
-    last = _run_failing_prediction(predict_scene, capsys)
+    last = run_failing_prediction(predict_scene, capsys)
 
     assert str(four_d) in last and "is 4D" in last
 
@@ -697,6 +482,6 @@ def test_nan_image_at_prediction_is_refused(predict_scene: Scene, capsys: pytest
     write_image(image, tiny, predict_scene.images / "demo_009_0000.nii.gz")
     write_image(np.full((6, 10, 10), 100.0, dtype=np.float32), tiny, predict_scene.images / "demo_009_0001.nii.gz")
 
-    last = _run_failing_prediction(predict_scene, capsys)
+    last = run_failing_prediction(predict_scene, capsys)
 
     assert str(predict_scene.images / "demo_009_0000.nii.gz") in last and "NaN/inf" in last

@@ -17,6 +17,7 @@ from pathlib import Path
 from autounet import __version__
 from autounet.errors import AutounetError, shorten_message
 from autounet.inference.presets import DEFAULT_PRESET, PRESETS
+from autounet.io.nifti_header import NIFTI_TRANSFORMS
 from autounet.networks.precision import PRECISIONS
 from autounet.pipeline.workspace import Workspace, resolve_workspace
 
@@ -25,6 +26,8 @@ log = logging.getLogger("autounet")
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 PRECISION_HELP = ("numeric precision of the network: auto = fp16 autocast on CUDA, bf16 autocast on CPUs with "
                   "native bfloat16 (AVX512_BF16/AMX, 2-2.5x faster), else fp32")
+NIFTI_TRANSFORM_HELP = ("which transform of a NIfTI header to trust where its qform and sform disagree (by "
+                        "default such a file is refused)")
 THREADS_HELP = "CPU threads for the network (default: all cores; 1 on a machine busy with other work)"
 _FORMATTER = functools.partial(argparse.HelpFormatter, width=100)
 
@@ -58,7 +61,7 @@ def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
         _workspace(args), args.task, num_workers=args.num_workers, gpu_memory_gb=args.gpu_memory,
         plan_only=args.plan_only, clean=args.clean, configurations=args.configurations,
         architecture=args.architecture, show_progress=not args.no_progress, memory_gb=args.memory_gb,
-        accept_label_geometry=args.accept_label_geometry,
+        accept_label_geometry=args.accept_label_geometry, nifti_transform=args.nifti_transform,
     )
     print(f"plans: {result.preprocessed_dir / 'plans.json'} ({', '.join(result.configurations)})")
     if result.preprocessed:
@@ -148,7 +151,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         step_size=args.step_size, save_probabilities=args.save_probabilities,
         postprocess=not args.no_postprocessing, device=args.device, resume=args.resume,
         num_parts=args.num_parts, part_id=args.part_id, precision=args.precision, threads=args.threads,
-        preset=args.preset,
+        preset=args.preset, memory_gb=args.memory_gb, nifti_transform=args.nifti_transform,
     )
     print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
     for case, why in report.failed.items():
@@ -330,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RAM); a case that needs more is refused by name before it is read")
     p.add_argument("--accept-label-geometry", action="store_true",
                    help="accept labels whose origin or direction differ from their image's (the image's grid is used)")
+    p.add_argument("--nifti-transform", choices=NIFTI_TRANSFORMS, default=None, help=NIFTI_TRANSFORM_HELP)
     p.add_argument("--plan-only", action="store_true", help="stop after writing plans.json")
     p.add_argument("--clean", action="store_true", help="recompute fingerprint and preprocessed data")
     p.add_argument("-c", "--configurations", nargs="+", choices=CONFIGURATIONS[:3], default=None,
@@ -388,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
     p.add_argument("--num-parts", type=int, default=1)
     p.add_argument("--part-id", type=int, default=0)
+    p.add_argument("--memory-gb", type=float, default=None, metavar="GB",
+                   help="RAM one case may use while it is predicted (default: the available RAM); a case that needs "
+                        "more is refused by name")
+    p.add_argument("--nifti-transform", choices=NIFTI_TRANSFORMS, default=None, help=NIFTI_TRANSFORM_HELP)
 
     p = add("postprocess", cmd_postprocess, "apply the chosen connected-component postprocessing")
     p.add_argument("-i", "--input", required=True)

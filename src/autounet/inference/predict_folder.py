@@ -93,6 +93,20 @@ def _ensemble(predictors: list[Predictor], paths: list[Path], case_id: str,
     return seg, (total.astype(np.float16) if want_probabilities else None), geometry
 
 
+def prediction_memory_budget(memory_gb: float | None) -> int:
+    """Bytes one case may use while it is read, resampled and predicted (cases run one at a time)."""
+    from autounet.io.read_budget import per_case_budget
+    from autounet.pipeline.system import available_ram_gb
+
+    if memory_gb is not None and not memory_gb > 0:
+        raise AutounetError(f"--memory-gb: must be a positive number of GB, got {memory_gb}")
+    if memory_gb is None:
+        memory_gb = available_ram_gb()
+        if memory_gb != memory_gb:  # unknown: assume a small machine rather than none
+            memory_gb = 4.0
+    return per_case_budget(memory_gb, 1)
+
+
 def predict_folder(
     workspace: Workspace,
     input_path: str | os.PathLike[str],
@@ -114,11 +128,14 @@ def predict_folder(
     precision: str = "auto",
     threads: int | None = None,
     preset: str = DEFAULT_PRESET,
+    memory_gb: float | None = None,
+    nifti_transform: str | None = None,
 ) -> PredictionReport:
     """Predict every case of `input_path` into `output_dir`; see the module docstring.
 
     `use_mirroring`, `step_size` and `folds` left as None come from `preset`
-    (`inference.presets`: accurate = every fold, mirroring, step 0.5).
+    (`inference.presets`: accurate = every fold, mirroring, step 0.5). A case is read and
+    predicted within 80% of `memory_gb` (default: the available RAM), or refused by name.
     """
     from autounet.pipeline.dataset import list_prediction_inputs
 
@@ -147,8 +164,9 @@ def predict_folder(
     num_channels = load_plans(choice.run_dirs[0] / "plans.json").num_channels
     cases = sorted(list_prediction_inputs(input_path, num_channels), key=lambda c: c.case_id)
     cases = shard(cases, num_parts, part_id)
-    predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size, precision)
-                  for d in choice.run_dirs]
+    case_bytes = prediction_memory_budget(memory_gb)
+    predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size, precision,
+                                            case_bytes, nifti_transform) for d in choice.run_dirs]
     plans = predictors[0].plans
     if predictors[0].device.type == "cpu":
         n_threads, why = cpu_threads(threads)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
 FOLD_PREFIX = "fold_"
+PREDICTION_COPIES = 3
+"""Float32 arrays of the case's size per class at the peak of prediction: the summed logits, their
+softmax and the probabilities resampled back to the input grid."""
 
 
 def fold_name(fold: int | str) -> str:
@@ -103,7 +106,8 @@ class Predictor:
     def __init__(self, plans: Plans, configuration: str, networks: Sequence[nn.Module], folds: Sequence[str],
                  mirror_axes: Sequence[int], device: torch.device, step_size: float = 0.5,
                  run_dir: Path | None = None, previous_stage: Predictor | None = None,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", max_case_bytes: int | None = None,
+                 nifti_transform: str | None = None) -> None:
         if not networks:
             raise ValueError("a predictor needs at least one network")
         self.plans = plans
@@ -117,13 +121,17 @@ class Predictor:
         self.run_dir = run_dir
         self.previous_stage = previous_stage
         self.precision = resolve_precision(precision, device)
+        self.max_case_bytes = max_case_bytes
+        """Memory one case may use (None: no limit); a case that needs more is refused before the work."""
+        self.nifti_transform = nifti_transform
         if self.cfg.previous_stage and previous_stage is None:
             raise AutounetError(f"{configuration} needs a {self.cfg.previous_stage} predictor for its first stage")
 
     @classmethod
     def from_run_folder(cls, run_dir: str | os.PathLike[str], folds: Sequence[int | str] | None = None,
                         checkpoint: str = "final", device: str | torch.device = "auto", use_mirroring: bool = True,
-                        step_size: float = 0.5, precision: str = "auto") -> Predictor:
+                        step_size: float = 0.5, precision: str = "auto", max_case_bytes: int | None = None,
+                        nifti_transform: str | None = None) -> Predictor:
         """Load plans.json and the folds' checkpoints of a run folder (all trained folds by default)."""
         from autounet.networks.registry import build_network
         from autounet.training.checkpoint import load_checkpoint
@@ -168,9 +176,11 @@ class Predictor:
 
             prev_dir, _ = pick_run(run_dir.parent, cfg.previous_stage, checkpoint, prefer_suffix=_suffix(run_dir))
             log.info("cascade: first stage %s from %s", cfg.previous_stage, prev_dir)
-            previous = cls.from_run_folder(prev_dir, None, checkpoint, dev, use_mirroring, step_size, precision)
+            previous = cls.from_run_folder(prev_dir, None, checkpoint, dev, use_mirroring, step_size, precision,
+                                           max_case_bytes, nifti_transform)
         axes = (mirror_axes or []) if use_mirroring else []
-        predictor = cls(plans, configuration, networks, wanted, axes, dev, step_size, run_dir, previous, precision)
+        predictor = cls(plans, configuration, networks, wanted, axes, dev, step_size, run_dir, previous, precision,
+                        max_case_bytes, nifti_transform)
         log.info("loaded %s folds %s (%s checkpoint) on %s (%s); mirroring on axes %s", run_dir.name, wanted,
                  checkpoint, dev, predictor.precision, axes or "none")
         return predictor
@@ -202,7 +212,8 @@ class Predictor:
     def _network_input(self, image: np.ndarray, geometry: Geometry, case_id: str):
         from autounet.preprocessing.preprocessor import preprocess_case
 
-        data, _, props, _ = preprocess_case(image, None, geometry, self.plans, self.configuration, case_id=case_id)
+        data, _, props, _ = preprocess_case(image, None, geometry, self.plans, self.configuration, case_id=case_id,
+                                            max_bytes=self.max_case_bytes)
         if self.previous_stage is not None:
             prev = self.previous_stage
             prev_data, prev_props = prev._network_input(image, geometry, case_id)
@@ -217,11 +228,21 @@ class Predictor:
                      case_id: str = "") -> tuple[np.ndarray, np.ndarray | None]:
         """Label map (Z, Y, X) with label values on the input grid (+ probabilities (K, Z, Y, X) float16)."""
         data, props = self._network_input(image, geometry, case_id)
+        self._check_prediction_budget(data.shape[1:], case_id)
         log.info("%s: preprocessed shape %s, estimated prediction memory %s", case_id or "case",
                  list(data.shape[1:]), self.estimate_memory(data.shape[1:]))
         logits = self.predict_preprocessed(data)
         return logits_to_segmentation_on_original_grid(logits, props, self.plans, self.configuration,
                                                        return_probabilities=return_probabilities)
+
+    def _check_prediction_budget(self, shape: Sequence[int], case_id: str) -> None:
+        """Refuse a case whose logits (and their softmax and resampling back) would not fit in memory."""
+        need = int(np.prod(shape, dtype=np.float64)) * self.plans.num_classes * 4 * PREDICTION_COPIES
+        if self.max_case_bytes is not None and need > self.max_case_bytes:
+            raise AutounetError(
+                f"case {case_id or '?'}: predicting {list(shape)} voxels with {self.plans.num_classes} classes needs "
+                f"about {need / 1024**3:.1f} GiB, more than the {self.max_case_bytes / 1024**3:.2f} GiB available; "
+                f"check the spacing in its header or free memory")
 
     def predict_case_files(self, paths: Sequence[str | os.PathLike[str]], return_probabilities: bool = False,
                            case_id: str = "") -> tuple[np.ndarray, np.ndarray | None, Geometry]:
@@ -232,7 +253,11 @@ class Predictor:
         """
         from autounet.io.images import count_nonfinite, read_channels, read_image
 
-        image, geometry = read_image(paths[0]) if len(paths) == 1 else read_channels(list(paths))
+        image, geometry = (read_image(paths[0], self.max_case_bytes, self.nifti_transform) if len(paths) == 1 else
+                           read_channels(list(paths), self.max_case_bytes, self.nifti_transform))
+        if geometry.is_2d and self.cfg.dims == 3 and not self.plans.is_2d_data:
+            raise ImageReadError(paths[0], f"is a 2D image, but {self.configuration} was trained on 3D images; give "
+                                           f"the 3D volume (or predict with a 2d model)")
         per_file = [image] if len(paths) == 1 else [image[i:i + 1] for i in range(len(paths))]
         for path, data in zip(paths, per_file):
             bad = count_nonfinite(path, data)

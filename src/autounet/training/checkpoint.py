@@ -78,6 +78,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in INFERENCE_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks key(s) {missing}; it is incomplete")
+    network = state["network"]
+    if not isinstance(network, dict):
+        raise CheckpointError(f"{path}: 'network' holds {type(network).__name__}, not the network's weights; "
+                              f"use a checkpoint written by autounet")
+    broken = [name for name, t in network.items()
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} weight tensor(s) hold NaN/inf (e.g. {broken[0]}): the training "
+                              f"diverged or the file was damaged; use another checkpoint or retrain")
     return state
 
 
