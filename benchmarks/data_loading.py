@@ -29,14 +29,11 @@ from autounet.planners.plans import load_plans
 from autounet.preprocessing.case_properties import CaseProperties
 from autounet.preprocessing.case_store import CaseStore
 from autounet.training.batch_workers import BackgroundBatches
-from autounet.training.augmentation import (
-    SCALE_RANGE,
-    AffineSpatialTransform,
-    Convert3DTo2DTransform,
-    LocalRandomState,
-    batchgenerators_spatial,
-)
-from autounet.training.data_loader import BatchMaker, BatchSpec, get_augmentation_params
+from autounet.training.augmentation_policy import SCALE_RANGE
+from autounet.training.transforms import AffineSpatialTransform, Convert3DTo2DTransform, LocalRandomState
+from autounet.training.augmentation import batchgenerators_spatial
+from autounet.training.data_loader import BatchMaker, BatchSpec
+from autounet.training.augmentation_policy import get_augmentation_params
 from autounet.training.loss import deep_supervision_scales
 
 log = logging.getLogger("benchmarks.data_loading")

@@ -78,7 +78,7 @@ def cases_from_plans(paths: Sequence[Path], configurations: Sequence[str]) -> li
 
 def synthetic_fingerprints() -> list[Any]:
     """Two generated tasks: an isotropic 1-channel CT and an anisotropic 2-channel MR."""
-    from autounet.pipeline.fingerprint import CaseFingerprint, Fingerprint
+    from autounet.task.fingerprint import CaseFingerprint, Fingerprint
     from autounet.planners.plans import IntensityProperties
 
     def task(name: str, channels: dict[str, str], labels: dict[str, int], spacing: list[float],

@@ -49,7 +49,7 @@ from scipy import ndimage
 
 from autounet.io.atomic import write_json
 from autounet.io.images import write_image, write_label
-from autounet.pipeline.demo_data import DEMO_LABELS, make_demo_case
+from autounet.task.demo_data import DEMO_LABELS, make_demo_case
 
 log = logging.getLogger("benchmarks.plan_and_preprocess")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autounet.pipeline.demo_data import write_demo_task
+from autounet.task.demo_data import write_demo_task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

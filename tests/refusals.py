@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from autounet.cli import main
-from autounet.pipeline.demo_data import convert_msd_to_nnunet
+from autounet.task.demo_data import convert_msd_to_nnunet
 from autounet.planners.plans import NetworkPlan, load_plans, save_plans
 
 TASK = "Task01_Demo"
@@ -162,7 +162,7 @@ def build_planned_workspace(demo_task: Path, ws: Path) -> Path:
     checkpoint is a few kB; two channels let prediction-time channel errors show.
     """
     from autounet.networks.registry import build_network
-    from autounet.training.checkpoint import save_checkpoint
+    from autounet.core.checkpoint import save_checkpoint
 
     shutil.copytree(demo_task, ws / "raw" / TASK)
     rc = main(plan_and_preprocess_argv() + ["--plan-only", "--workspace", str(ws)])

@@ -32,7 +32,7 @@ import torch
 from autounet.cli import main
 from autounet.evaluation.metrics import dice
 from autounet.io.images import read_image, read_label, write_image, write_label
-from autounet.pipeline.demo_data import write_demo_task
+from autounet.task.demo_data import write_demo_task
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from autounet.errors import AutounetError, shorten_message
 from autounet.inference.presets import DEFAULT_PRESET, PRESETS
 from autounet.io.nifti_header import NIFTI_TRANSFORMS
 from autounet.networks.precision import PRECISIONS
-from autounet.pipeline.workspace import Workspace, resolve_workspace
+from autounet.core.workspace import Workspace, resolve_workspace
 
 log = logging.getLogger("autounet")
 
@@ -40,14 +40,14 @@ def _workspace(args: argparse.Namespace) -> Workspace:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from autounet.pipeline.doctor import doctor_report
+    from autounet.commands.doctor import doctor_report
 
     print(doctor_report(_workspace(args)))
     return 0
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from autounet.pipeline.demo_data import write_demo_task
+    from autounet.task.demo_data import write_demo_task
 
     path = write_demo_task(Path(args.directory), two_d=args.two_d, seed=args.seed)
     print(f"demo task written to {path}")
@@ -55,7 +55,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
-    from autounet.pipeline.plan_and_preprocess import plan_and_preprocess
+    from autounet.commands.plan_and_preprocess import plan_and_preprocess
 
     result = plan_and_preprocess(
         _workspace(args), args.task, num_workers=args.num_workers, gpu_memory_gb=args.gpu_memory,
@@ -73,7 +73,7 @@ def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
-    from autounet.pipeline.task_names import find_task_name
+    from autounet.core.task_names import find_task_name
     from autounet.planners.plans import load_plans
     from autounet.planners.summary import format_plans_table
 
@@ -189,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_summary(summary, names))
     print(f"summary: {Path(args.pred) / 'summary.json'}")
     if args.task:
-        from autounet.pipeline.task_names import find_task_name
+        from autounet.core.task_names import find_task_name
 
         ws = _workspace(args)
         try:
@@ -205,7 +205,7 @@ def _evaluation_labels(args: argparse.Namespace) -> tuple[list[int], dict[int, s
     if args.labels:
         return [0] + [v for v in args.labels if v != 0], {v: str(v) for v in args.labels}
     if args.task:
-        from autounet.pipeline.dataset import find_task, load_task
+        from autounet.task.dataset import find_task, load_task
 
         task = load_task(find_task(args.task, _workspace(args)))
         return sorted(task.labels.values()), {v: k for k, v in task.labels.items()}
@@ -216,8 +216,8 @@ def _evaluation_labels(args: argparse.Namespace) -> tuple[list[int], dict[int, s
 
 
 def cmd_find_best(args: argparse.Namespace) -> int:
-    from autounet.evaluation.find_best import find_best_configuration
-    from autounet.pipeline.task_names import find_task_name
+    from autounet.commands.find_best import find_best_configuration
+    from autounet.core.task_names import find_task_name
 
     ws = _workspace(args)
     name = find_task_name(args.task, ws, require_preprocessed=True)
@@ -238,7 +238,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from autounet.pipeline.demo import run_demo
+    from autounet.commands.demo import run_demo
 
     result = run_demo(_workspace(args), two_d=args.two_d, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                       device=args.device, workers=args.workers)
@@ -249,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from autounet.pipeline.task_names import find_task_name
+    from autounet.core.task_names import find_task_name
     from autounet.reporting.html_report import write_report
 
     ws = _workspace(args)
@@ -269,8 +269,8 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from autounet.pipeline.model_sharing import export_model
-    from autounet.pipeline.task_names import find_task_name
+    from autounet.commands.model_sharing import export_model
+    from autounet.core.task_names import find_task_name
 
     ws = _workspace(args)
     name = find_task_name(args.task, ws, require_preprocessed=False)
@@ -280,7 +280,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
 
 
 def cmd_install_model(args: argparse.Namespace) -> int:
-    from autounet.pipeline.model_sharing import install_model
+    from autounet.commands.model_sharing import install_model
 
     target = install_model(Path(args.archive), _workspace(args), overwrite=args.overwrite)
     print(f"installed into {target}")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from autounet.errors import DatasetError
-from autounet.evaluation.find_best import find_best_configuration, load_best_configuration
+from autounet.commands.find_best import find_best_configuration
+from autounet.core.run_layout import load_best_configuration
 from autounet.io.atomic import save_npz
 from autounet.io.geometry import Geometry
 from autounet.io.images import write_label
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import Plans, save_plans
 
 TASK = "Task09_Fake"

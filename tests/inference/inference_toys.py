@@ -90,7 +90,7 @@ def write_run(results_task: Path, plans: Plans, run_name: str = "3d_fullres", fo
               offsets=None, checkpoint: str = "checkpoint_final.pt", mirror_axes=(0, 1, 2)) -> Path:
     """A run folder as training leaves it: plans.json and fold_k/<checkpoint> with IndexNetwork weights."""
     from autounet.planners.plans import save_plans
-    from autounet.training.checkpoint import save_checkpoint
+    from autounet.core.checkpoint import save_checkpoint
 
     run_dir = results_task / run_name
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import pytest
 
 from autounet.errors import AutounetError
 from autounet.inference.model_choice import choose_model, pick_run
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 
 from inference_toys import make_plans, write_run
 
@@ -78,7 +78,7 @@ def test_run_name_suffixes(ws, tmp_path):
 
 
 def test_best_configuration_and_postprocessing(ws, tmp_path):
-    from autounet.postprocessing.decision import PostprocessingDecision, save_postprocessing
+    from autounet.postprocessing.rule import PostprocessingDecision, save_postprocessing
 
     _train(ws, "Task01_A", "3d_fullres")
     run2d = _train(ws, "Task01_A", "2d")

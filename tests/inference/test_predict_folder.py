@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from autounet.errors import AutounetError, DatasetError
 from autounet.inference.predict_folder import output_name, predict_folder, shard
 from autounet.io.images import write_image
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 
 from inference_toys import flipped_geometry, labelled_case, make_plans, write_run
 
@@ -64,7 +64,7 @@ def restore_torch_threads():
 
 
 def test_msd_single_file_probabilities_and_postprocessing(ws, tmp_path, restore_torch_threads):
-    from autounet.postprocessing.decision import PostprocessingDecision, save_postprocessing
+    from autounet.postprocessing.rule import PostprocessingDecision, save_postprocessing
 
     run = ws.results("Task99_Toy") / "3d_fullres"
     save_postprocessing(PostprocessingDecision(
@@ -77,7 +77,7 @@ def test_msd_single_file_probabilities_and_postprocessing(ws, tmp_path, restore_
                             show_progress=False, cwd=tmp_path, folds=["0"], precision="fp32", threads=1)
     assert report.written == ["x"]
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "x.nii.gz")))
-    from autounet.postprocessing.decision import apply_postprocessing, load_postprocessing
+    from autounet.postprocessing.rule import apply_postprocessing, load_postprocessing
 
     expected = apply_postprocessing(labels["x"], load_postprocessing(run / "postprocessing.json"))
     assert (expected != labels["x"]).any()  # the speckles of label 7 really are removed

@@ -6,7 +6,8 @@ import torch
 
 from autounet.errors import AutounetError, CheckpointError
 from autounet.inference import predictor as predictor_module
-from autounet.inference.predictor import Predictor, fold_name, trained_folds
+from autounet.core.run_layout import fold_name, trained_folds
+from autounet.inference.predictor import Predictor
 
 from inference_toys import IndexNetwork, flipped_geometry, labelled_case, make_plans, write_run
 

@@ -6,7 +6,7 @@ from autounet.errors import AutounetError
 from autounet.inference.predict_folder import predict_folder
 from autounet.inference.presets import PRESETS, resolve_prediction_settings
 from autounet.io.images import write_image
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 
 from inference_toys import flipped_geometry, labelled_case, make_plans, write_run
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autounet.pipeline.system import cpu_count, cpu_threads
+from autounet.core.system import cpu_count, cpu_threads
 
 
 def test_cpu_threads_use_all_cores_shared_among_ranks() -> None:

@@ -12,9 +12,9 @@ import pytest
 from autounet.errors import DatasetError
 from autounet.io.geometry import Geometry
 from autounet.io.images import write_image
-from autounet.pipeline.dataset import find_task, list_prediction_inputs, load_task, task_id_from_name
-from autounet.pipeline.demo_data import convert_msd_to_nnunet
-from autounet.pipeline.workspace import Workspace
+from autounet.task.dataset import find_task, list_prediction_inputs, load_task, task_id_from_name
+from autounet.task.demo_data import convert_msd_to_nnunet
+from autounet.core.workspace import Workspace
 
 GEOM = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), shape=(3, 4, 5))
 

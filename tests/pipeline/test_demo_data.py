@@ -10,8 +10,8 @@ import pytest
 from scipy import ndimage
 
 from autounet.io.images import read_image, read_label
-from autounet.pipeline.dataset import load_task
-from autounet.pipeline.demo_data import make_demo_case, write_demo_task
+from autounet.task.dataset import load_task
+from autounet.task.demo_data import make_demo_case, write_demo_task
 
 
 def test_same_seed_gives_same_arrays_other_seed_differs() -> None:

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from autounet.errors import PlansError
 from autounet.io.geometry import Geometry
 from autounet.io.json_schema import to_dict
-from autounet.pipeline.dataset import CaseFiles, TaskDataset
-from autounet.pipeline.fingerprint import (
+from autounet.task.dataset import CaseFiles, TaskDataset
+from autounet.task.fingerprint import (
     case_fingerprint,
     extract_fingerprint,
     intensity_properties,

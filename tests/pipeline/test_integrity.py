@@ -13,9 +13,9 @@ import pytest
 from autounet.errors import IntegrityError
 from autounet.io.geometry import Geometry
 from autounet.io.images import read_image, read_label, write_image
-from autounet.pipeline.dataset import load_task
-from autounet.pipeline.demo_data import convert_msd_to_nnunet
-from autounet.pipeline.integrity import IntegrityReport, check_task, verify_task
+from autounet.task.dataset import load_task
+from autounet.task.demo_data import convert_msd_to_nnunet
+from autounet.task.integrity import IntegrityReport, check_task, verify_task
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def test_declared_label_in_no_case_is_a_warning(msd: Path) -> None:
 
 
 def test_spacing_outliers_need_the_ratio_and_three_cases() -> None:
-    from autounet.pipeline.integrity import spacing_outliers
+    from autounet.task.integrity import spacing_outliers
 
     one = (1.0, 1.0, 1.0)
     cases = [(Path(f"c{i}.nii.gz"), one, (40, 40, 40)) for i in range(4)]

@@ -20,8 +20,8 @@ from autounet.cli import main
 from autounet.errors import AutounetError, CheckpointError
 from autounet.io.atomic import write_json, write_text
 from autounet.networks.registry import build_network
-from autounet.pipeline.model_sharing import MANIFEST, export_model, install_model
-from autounet.pipeline.workspace import Workspace
+from autounet.commands.model_sharing import MANIFEST, export_model, install_model
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import (
     ConfigurationPlan,
     IntensityProperties,
@@ -29,8 +29,9 @@ from autounet.planners.plans import (
     Plans,
     save_plans,
 )
-from autounet.postprocessing.decision import PostprocessingDecision, save_postprocessing
-from autounet.training.checkpoint import FINAL, LATEST, load_checkpoint, save_checkpoint
+from autounet.postprocessing.rule import PostprocessingDecision, save_postprocessing
+from autounet.core.checkpoint import load_checkpoint, save_checkpoint
+from autounet.core.run_layout import FINAL, LATEST
 from autounet.training.run_identity import RunManifest, save_manifest
 from autounet.training.settings import TrainingSettings
 
@@ -420,7 +421,7 @@ def test_archive_larger_than_the_free_disk_is_refused(archive: Path, target: Wor
 
 def test_declared_sizes_above_any_model_are_refused(archive: Path, target: Workspace, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from autounet.pipeline import model_sharing
+    from autounet.commands import model_sharing
 
     monkeypatch.setattr(model_sharing, "MAX_ARCHIVE_BYTES", 1000)
     with pytest.raises(AutounetError, match="larger than any model"):

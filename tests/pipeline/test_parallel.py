@@ -9,7 +9,7 @@ import time
 import pytest
 
 from autounet.errors import WorkerError
-from autounet.pipeline.parallel import run_parallel
+from autounet.core.parallel import run_parallel
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -22,10 +22,10 @@ import SimpleITK as sitk
 
 from autounet import cli
 from autounet.io.geometry import Geometry
-from autounet.pipeline.dataset import load_task
-from autounet.pipeline.demo_data import convert_msd_to_nnunet, write_demo_task
-from autounet.pipeline.fingerprint import load_fingerprint
-from autounet.pipeline.workspace import Workspace
+from autounet.task.dataset import load_task
+from autounet.task.demo_data import convert_msd_to_nnunet, write_demo_task
+from autounet.task.fingerprint import load_fingerprint
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import Plans, load_plans
 from autounet.preprocessing.case_store import CaseStore
 

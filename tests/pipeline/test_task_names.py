@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from autounet.errors import AutounetError
-from autounet.pipeline.task_names import find_task_name, match_task_names, task_id
-from autounet.pipeline.workspace import Workspace
+from autounet.core.task_names import find_task_name, match_task_names, task_id
+from autounet.core.workspace import Workspace
 
 
 @pytest.mark.parametrize(("name", "expected"), [("Task01", 1), ("1", 1), ("Task01_BrainTumour", 1),
@@ -66,7 +66,7 @@ def test_every_stage_resolves_a_task_name_alike(tmp_path: Path, monkeypatch: pyt
     """plan_and_preprocess (raw folders), train (preprocessed) and predict (trained) agree on what a name means."""
     from autounet.errors import DatasetError
     from autounet.inference.model_choice import choose_task
-    from autounet.pipeline.dataset import find_task
+    from autounet.task.dataset import find_task
 
     ws = Workspace(tmp_path / "ws")
     tasks = (HIPPO, PROSTATE)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from autounet.pipeline.fingerprint import CaseFingerprint, Fingerprint
+from autounet.task.fingerprint import CaseFingerprint, Fingerprint
 from autounet.planners.plans import IntensityProperties
 
 

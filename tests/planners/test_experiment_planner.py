@@ -10,14 +10,14 @@ import pytest
 
 from autounet.errors import PlansError
 from autounet.io.json_schema import to_dict
+from autounet.planners.normalization_choice import normalization_scheme
 from autounet.planners.experiment_planner import (
     initial_patch_size,
-    normalization_scheme,
     plan_and_save,
     plan_experiment,
 )
 from autounet.planners.memory import DEFAULT_CONSTANTS
-from autounet.pipeline.fingerprint import Fingerprint
+from autounet.task.fingerprint import Fingerprint
 from autounet.planners.plans import load_plans
 
 MakeFingerprint = Callable[..., Fingerprint]

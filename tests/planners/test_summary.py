@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autounet.pipeline.fingerprint import Fingerprint
+from autounet.task.fingerprint import Fingerprint
 from autounet.planners.experiment_planner import plan_experiment
 from autounet.planners.summary import format_plans_table
 

@@ -13,14 +13,8 @@ from autounet.evaluation.metrics import dice
 from autounet.io.geometry import Geometry
 from autounet.io.images import read_label, write_label
 from autounet.postprocessing.connected_components import keep_largest_foreground_component
-from autounet.postprocessing.decision import (
-    PostprocessingDecision,
-    apply_postprocessing,
-    determine_postprocessing,
-    load_postprocessing,
-    postprocess_folder,
-    save_postprocessing,
-)
+from autounet.postprocessing.decision import determine_postprocessing, postprocess_folder
+from autounet.postprocessing.rule import PostprocessingDecision, apply_postprocessing, load_postprocessing, save_postprocessing
 
 SHAPE = (4, 10, 10)
 GEOMETRY = Geometry(spacing=(0.8, 0.8, 2.5), origin=(1.0, 2.0, 3.0),

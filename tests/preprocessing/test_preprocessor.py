@@ -13,8 +13,8 @@ import pytest
 from autounet.errors import DatasetError, WorkerError
 from autounet.io.geometry import Geometry
 from autounet.io.images import read_label, write_image, write_label
-from autounet.pipeline.dataset import CaseFiles, TaskDataset
-from autounet.pipeline.workspace import Workspace
+from autounet.task.dataset import CaseFiles, TaskDataset
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import Plans
 from autounet.preprocessing.case_store import CaseStore
 from autounet.preprocessing.preprocessor import (

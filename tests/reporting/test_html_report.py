@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 from autounet.reporting.html_report import SECTIONS, ReportData, case_dice_rows, render_html, write_report
 
 pytestmark = pytest.mark.slow

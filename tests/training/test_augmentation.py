@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autounet.errors import AutounetError
-from autounet.training.augmentation import (
+from autounet.training.transforms import (
     AffineSpatialTransform,
     Convert2DTo3DTransform,
     Convert3DTo2DTransform,
@@ -17,13 +17,10 @@ from autounet.training.augmentation import (
     LocalRandomState,
     MaskOutsideNonzeroTransform,
     MultiplicativeBrightnessTransform,
-    affine_resample,
-    affine_resample_labels,
-    rotation_matrix,
     downsample_seg_nearest,
-    training_transforms,
-    validation_transforms,
 )
+from autounet.training.affine import affine_resample, affine_resample_labels, rotation_matrix
+from autounet.training.augmentation import training_transforms, validation_transforms
 
 NO_ROTATION = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0))
 ROT_3D = tuple((-math.radians(30), math.radians(30)) for _ in range(3))
@@ -206,7 +203,8 @@ def test_label_resampling_shortcuts_match_full_per_label_interpolation(seed: int
 
 
 def test_disabled_augmentations_are_left_out_and_names_are_checked() -> None:
-    from autounet.training.augmentation import AffineSpatialTransform, MirrorTransform
+    from autounet.training.transforms import AffineSpatialTransform
+    from autounet.training.augmentation import MirrorTransform
     from autounet.training.settings import TrainingSettings
 
     full = training_transforms((8, 8, 8), ROT_3D, False, (0, 1, 2), None, [False])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from autounet.errors import AutounetError, DatasetError
-from autounet.inference.cascade import (
+from autounet.preprocessing.cascade import (
     cascade_input,
     foreground_one_hot,
     load_previous_stage,
@@ -26,17 +26,18 @@ from autounet.inference.predictor import Predictor, previous_stage_segmentation
 from autounet.io.atomic import write_json
 from autounet.io.geometry import Geometry
 from autounet.io.images import write_label
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import ConfigurationPlan, IntensityProperties, NetworkPlan, Plans, save_plans
 from autounet.preprocessing.case_store import CaseStore
 from autounet.preprocessing.preprocessor import preprocess_case
 from autounet.preprocessing.resampling import resample_probabilities
-from autounet.training.augmentation import (
+from autounet.training.transforms import (
     MoveSegChannelToOneHotData,
     binary_morphology,
     remove_random_component,
 )
-from autounet.training.checkpoint import FINAL, load_checkpoint
+from autounet.core.checkpoint import load_checkpoint
+from autounet.core.run_layout import FINAL
 from autounet.training.data_loader import BatchSpec
 from autounet.training.run_training import find_previous_stage_dir, run_training
 from autounet.training.settings import TrainingSettings

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from autounet.errors import CheckpointError
-from autounet.training import checkpoint as ckpt
-from autounet.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from autounet.core import checkpoint as ckpt
+from autounet.core.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
 
 def _state(value: float = 1.0, **extra: Any) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def test_failure_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeyp
 
 WRITER = """
 import sys, torch
-from autounet.training.checkpoint import save_checkpoint
+from autounet.core.checkpoint import save_checkpoint
 big = torch.randn(8_000_000)
 i = 0
 while True:

@@ -21,9 +21,8 @@ from autounet.training.data_loader import (
     crop_start_range,
     crop_with_padding,
     default_num_workers,
-    get_augmentation_params,
-    initial_patch_size,
 )
+from autounet.training.augmentation_policy import get_augmentation_params, enlarged_patch_size
 
 
 def write_case(folder: Path, case_id: str, seg: np.ndarray, channels: int = 1, seed: int = 0) -> None:
@@ -64,11 +63,11 @@ def test_augmentation_params_3d_isotropic_anisotropic_and_2d() -> None:
 def test_initial_patch_size_by_hand() -> None:
     iso = get_augmentation_params((64, 128, 128))
     # axes 1, 2: 128 cos30 + 128 sin30 = 174.85 (plane (1,2)); axis 0: 64 cos30 + 128 sin30 = 119.43; / 0.85
-    assert initial_patch_size((64, 128, 128), iso.rotation) == (141, 206, 206)
+    assert enlarged_patch_size((64, 128, 128), iso.rotation) == (141, 206, 206)
     # 2D +-180 (capped at 90): the 100 x 100 square's diagonal 141.42 / 0.85 = 166.4
-    assert initial_patch_size((100, 100), ((-math.pi, math.pi), (0, 0), (0, 0))) == (166, 166)
+    assert enlarged_patch_size((100, 100), ((-math.pi, math.pi), (0, 0), (0, 0))) == (166, 166)
     aniso = get_augmentation_params((16, 160, 160))
-    assert initial_patch_size((16, 160, 160), aniso.rotation, aniso.dummy_2d) == (16, 266, 266)
+    assert enlarged_patch_size((16, 160, 160), aniso.rotation, aniso.dummy_2d) == (16, 266, 266)
 
 
 def test_crop_with_padding_reads_the_overlap_and_pads_the_rest() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from autounet.errors import AutounetError
-from autounet.training.checkpoint import FINAL, load_checkpoint
+from autounet.core.checkpoint import load_checkpoint
+from autounet.core.run_layout import FINAL
 from autounet.training.distributed import DistributedContext, context_from_env, per_rank_batch_size, rank_seed
 from autounet.training.metrics_log import read_rows
 
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, {str(HERE)!r})
 import torch
 torch.set_num_threads(1)
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 from autounet.training.run_training import run_training
 from test_trainer import fast_settings, toy_loader_builder
 settings = fast_settings(epochs=1, iters_per_epoch=2, val_iters=1)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autounet.training.checkpoint import FINAL, LATEST, load_checkpoint
+from autounet.core.checkpoint import load_checkpoint
+from autounet.core.run_layout import FINAL, LATEST
 from autounet.training.metrics_log import read_rows
 from autounet.training.run_training import run_training
 from autounet.training.trainer import Trainer, poly_lr
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, {str(HERE)!r})
 import torch
 torch.set_num_threads(1)
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 from autounet.training.run_training import run_training
 from test_trainer import fast_settings, toy_loader_builder
 settings = fast_settings(epochs={EPOCHS}, iters_per_epoch=3, val_iters=1, validate_at_end=False,

@@ -27,7 +27,7 @@ from autounet.io.atomic import write_json
 from autounet.io.geometry import Geometry
 from autounet.io.images import write_label
 from autounet.io.json_schema import to_dict
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import (
     ConfigurationPlan,
     IntensityProperties,
@@ -38,7 +38,8 @@ from autounet.planners.plans import (
 )
 from autounet.preprocessing.case_properties import CaseProperties
 from autounet.preprocessing.case_store import CaseStore
-from autounet.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint
+from autounet.core.checkpoint import load_checkpoint
+from autounet.core.run_layout import BEST, FINAL, LATEST
 from autounet.training.metrics_log import read_rows
 from autounet.training.run_training import resolve_task_for_training, run_training
 from autounet.training.settings import TrainingSettings

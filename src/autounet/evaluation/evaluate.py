@@ -32,7 +32,7 @@ from autounet.io.images import (
     read_label,
     strip_ending,
 )
-from autounet.pipeline.parallel import run_parallel
+from autounet.core.parallel import run_parallel
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from autounet.errors import AutounetError, DatasetError
 from autounet.io.atomic import is_temporary, save_npz
 from autounet.io.images import SUPPORTED_ENDINGS, read_label, write_label
-from autounet.pipeline.parallel import run_parallel
+from autounet.core.parallel import run_parallel
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autounet.errors import AutounetError
-from autounet.inference.predictor import CHECKPOINT_FILES, configuration_of_run, trained_folds
-from autounet.pipeline.task_names import match_task_names
-from autounet.pipeline.workspace import Workspace
+from autounet.core.run_layout import CHECKPOINT_FILES, FOLD_PREFIX, configuration_of_run, trained_folds
+from autounet.core.task_names import match_task_names
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import CONFIGURATION_NAMES
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def pick_run(results_dir: Path, configuration: str, checkpoint: str = "final",
         return runs[0], f"run {runs[0].name}: the only run of {configuration}"
 
     def newest(p: Path) -> float:
-        return max(c.stat().st_mtime for c in p.glob(f"fold_*/{CHECKPOINT_FILES[checkpoint]}"))
+        return max(c.stat().st_mtime for c in p.glob(f"{FOLD_PREFIX}*/{CHECKPOINT_FILES[checkpoint]}"))
 
     best = max(runs, key=newest)
     return best, (f"run {best.name}: the most recently trained of {len(runs)} runs of {configuration} "
@@ -137,7 +137,7 @@ def pick_run(results_dir: Path, configuration: str, checkpoint: str = "final",
 
 def _best_configuration(workspace: Workspace, task: str) -> dict | None:
     try:
-        from autounet.evaluation.find_best import load_best_configuration
+        from autounet.core.run_layout import load_best_configuration
     except ImportError:  # evaluation not installed in this build
         return None
     return load_best_configuration(workspace, task)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +25,15 @@ from autounet.errors import AutounetError
 from autounet.inference.export import save_prediction
 from autounet.inference.export import save_probabilities as write_probabilities
 from autounet.inference.model_choice import ModelChoice, choose_model
-from autounet.inference.predictor import Predictor, trained_folds
+from autounet.core.run_layout import trained_folds
+from autounet.inference.predictor import Predictor
 from autounet.inference.presets import DEFAULT_PRESET, get_preset, resolve_prediction_settings
 from autounet.io.atomic import write_json
-from autounet.pipeline.system import cpu_threads
-from autounet.pipeline.workspace import Workspace
+from autounet.core.system import case_memory_budget, cpu_threads
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import load_plans
+from autounet.postprocessing.rule import PostprocessingDecision, apply_postprocessing, load_postprocessing
+from autounet.task.dataset import CaseFiles, list_prediction_inputs
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +97,6 @@ def _ensemble(predictors: list[Predictor], paths: list[Path], case_id: str,
     return seg, (total.astype(np.float16) if want_probabilities else None), geometry
 
 
-def prediction_memory_budget(memory_gb: float | None) -> int:
-    """Bytes one case may use while it is read, resampled and predicted (cases run one at a time)."""
-    from autounet.io.read_budget import per_case_budget
-    from autounet.pipeline.system import available_ram_gb
-
-    if memory_gb is not None and not memory_gb > 0:
-        raise AutounetError(f"--memory-gb: must be a positive number of GB, got {memory_gb}")
-    if memory_gb is None:
-        memory_gb = available_ram_gb()
-        if memory_gb != memory_gb:  # unknown: assume a small machine rather than none
-            memory_gb = 4.0
-    return per_case_budget(memory_gb, 1)
-
-
 def predict_folder(
     workspace: Workspace,
     input_path: str | os.PathLike[str],
@@ -137,7 +127,6 @@ def predict_folder(
     (`inference.presets`: accurate = every fold, mirroring, step 0.5). A case is read and
     predicted within 80% of `memory_gb` (default: the available RAM), or refused by name.
     """
-    from autounet.pipeline.dataset import list_prediction_inputs
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     in_folder = input_path if input_path.is_dir() else input_path.parent
@@ -156,18 +145,15 @@ def predict_folder(
         preset, use_mirroring, step_size, None if folds is None else [str(f) for f in folds], common)
     decision = None
     if choice.postprocessing is not None:
-        from autounet.postprocessing.decision import load_postprocessing
-
         decision = load_postprocessing(choice.postprocessing)
     # The inputs are checked before any checkpoint is loaded: a wrong folder or a missing channel
     # is reported at once, and without needing the trained weights.
     num_channels = load_plans(choice.run_dirs[0] / "plans.json").num_channels
     cases = sorted(list_prediction_inputs(input_path, num_channels), key=lambda c: c.case_id)
     cases = shard(cases, num_parts, part_id)
-    case_bytes = prediction_memory_budget(memory_gb)
+    case_bytes = case_memory_budget(memory_gb, workers=1)  # cases are predicted one at a time
     predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size, precision,
                                             case_bytes, nifti_transform) for d in choice.run_dirs]
-    plans = predictors[0].plans
     if predictors[0].device.type == "cpu":
         n_threads, why = cpu_threads(threads)
         torch.set_num_threads(n_threads)
@@ -179,26 +165,8 @@ def predict_folder(
              "on" if use_mirroring else "off", step_size, decision.describe() if decision else "none")
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / INFO_FILE, {
-        "task": choice.task,
-        "configuration": choice.configuration,
-        "run_dirs": [str(d) for d in choice.run_dirs],
-        "folds": used_folds,
-        "checkpoint": checkpoint,
-        "preset": preset,
-        "mirroring": bool(use_mirroring),
-        "mirror_axes": {p.run_dir.name: p.mirror_axes for p in predictors if p.run_dir is not None},
-        "step_size": step_size,
-        "postprocessing": str(choice.postprocessing) if choice.postprocessing else None,
-        "postprocessing_steps": decision.describe() if decision else "none",
-        "reason": choice.reason,
-        "device": str(predictors[0].device),
-        "precision": predictors[0].precision,
-        "threads": torch.get_num_threads() if predictors[0].device.type == "cpu" else None,
-        "num_parts": num_parts,
-        "part_id": part_id,
-        "versions": _versions(),
-    })
+    write_json(output_dir / INFO_FILE, _prediction_info(choice, predictors, used_folds, checkpoint, preset,
+                                                        bool(use_mirroring), step_size, decision, num_parts, part_id))
 
     report = PredictionReport(choice=choice)
     from tqdm import tqdm
@@ -212,14 +180,7 @@ def predict_folder(
             continue
         start = time.perf_counter()
         try:
-            seg, probs, geometry = _ensemble(predictors, list(case.images), case.case_id, save_probabilities)
-            if decision is not None:
-                from autounet.postprocessing.decision import apply_postprocessing
-
-                seg = apply_postprocessing(seg, decision)
-            if probs is not None:
-                write_probabilities(probs, plans.label_values, output_dir / f"{case.case_id}.npz")
-            save_prediction(seg, geometry, out)
+            _predict_case(predictors, case, out, decision, save_probabilities)
         except AutounetError as exc:
             log.error("%s: %s", case.case_id, exc)
             report.failed[case.case_id] = str(exc)
@@ -241,3 +202,40 @@ def predict_folder(
     if report.failed:
         log.error("%d case(s) failed: %s", len(report.failed), ", ".join(report.failed))
     return report
+
+
+def _predict_case(predictors: list[Predictor], case: CaseFiles, out: Path, decision: PostprocessingDecision | None,
+                  save_probabilities: bool) -> None:
+    """Predict one case (ensembling the predictors), postprocess it and write it (and its probabilities)."""
+    seg, probs, geometry = _ensemble(predictors, list(case.images), case.case_id, save_probabilities)
+    if decision is not None:
+        seg = apply_postprocessing(seg, decision)
+    if probs is not None:
+        write_probabilities(probs, predictors[0].plans.label_values, out.parent / f"{case.case_id}.npz")
+    save_prediction(seg, geometry, out)
+
+
+def _prediction_info(choice: ModelChoice, predictors: list[Predictor], used_folds: dict[str, list[str]],
+                     checkpoint: str, preset: str, use_mirroring: bool, step_size: float,
+                     decision: PostprocessingDecision | None, num_parts: int, part_id: int) -> dict[str, Any]:
+    """predict_info.json: which model, settings and versions made the predictions of this folder."""
+    return {
+        "task": choice.task,
+        "configuration": choice.configuration,
+        "run_dirs": [str(d) for d in choice.run_dirs],
+        "folds": used_folds,
+        "checkpoint": checkpoint,
+        "preset": preset,
+        "mirroring": use_mirroring,
+        "mirror_axes": {p.run_dir.name: p.mirror_axes for p in predictors if p.run_dir is not None},
+        "step_size": step_size,
+        "postprocessing": str(choice.postprocessing) if choice.postprocessing else None,
+        "postprocessing_steps": decision.describe() if decision else "none",
+        "reason": choice.reason,
+        "device": str(predictors[0].device),
+        "precision": predictors[0].precision,
+        "threads": torch.get_num_threads() if predictors[0].device.type == "cpu" else None,
+        "num_parts": num_parts,
+        "part_id": part_id,
+        "versions": _versions(),
+    }

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from autounet.core.run_layout import CHECKPOINT_FILES, FOLD_PREFIX, configuration_of_run, fold_name, trained_folds
 from autounet.errors import AutounetError, CheckpointError, ImageReadError
-from autounet.inference.cascade import cascade_input, next_stage_segmentation
+from autounet.preprocessing.cascade import cascade_input, next_stage_segmentation
 from autounet.inference.export import logits_to_segmentation_on_original_grid
 from autounet.inference.memory import estimate_prediction_memory_bytes
 from autounet.inference.sliding_window import mirror_subsets, sliding_window_logits
@@ -29,31 +30,9 @@ from autounet.planners.plans import Plans, ResamplingPlan, load_plans
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
-FOLD_PREFIX = "fold_"
 PREDICTION_COPIES = 3
 """Float32 arrays of the case's size per class at the peak of prediction: the summed logits, their
 softmax and the probabilities resampled back to the input grid."""
-
-
-def fold_name(fold: int | str) -> str:
-    """'0'..'4' or 'all' from an int or a CLI string; anything else is refused."""
-    text = str(fold).strip()
-    if text.removeprefix(FOLD_PREFIX) == "all":
-        return "all"
-    try:
-        return str(int(text.removeprefix(FOLD_PREFIX)))
-    except ValueError:
-        raise AutounetError(f"fold '{fold}' is not a fold number or 'all'") from None
-
-
-def trained_folds(run_dir: Path, checkpoint: str = "final") -> list[str]:
-    """Folds of a run that have the requested checkpoint, numeric folds first, in order."""
-    if checkpoint not in CHECKPOINT_FILES:
-        raise AutounetError(f"checkpoint '{checkpoint}' is not one of {sorted(CHECKPOINT_FILES)}")
-    names = [p.name[len(FOLD_PREFIX):] for p in Path(run_dir).glob(FOLD_PREFIX + "*")
-             if (p / CHECKPOINT_FILES[checkpoint]).is_file()]
-    return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -71,11 +50,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def configuration_of_run(run_dir: Path) -> str:
-    """`3d_fullres__20ep_50it` -> `3d_fullres` (run names carry the configuration first)."""
-    return Path(run_dir).name.split("__", 1)[0]
-
-
 def previous_stage_segmentation(logits: torch.Tensor | np.ndarray, target_shape: Sequence[int],
                                 spacing: Sequence[float] | None = None,
                                 target_spacing: Sequence[float] | None = None,
@@ -83,7 +57,7 @@ def previous_stage_segmentation(logits: torch.Tensor | np.ndarray, target_shape:
     """Low-resolution logits on the next stage's preprocessed grid, as int16 class indices.
 
     The very mapping the training-time export for the cascade uses
-    (`inference.cascade.next_stage_segmentation`), so the cascade sees the same input.
+    (`preprocessing.cascade.next_stage_segmentation`), so the cascade sees the same input.
     """
     return next_stage_segmentation(logits, target_shape, spacing, target_spacing, resampling)
 
@@ -134,7 +108,7 @@ class Predictor:
                         nifti_transform: str | None = None) -> Predictor:
         """Load plans.json and the folds' checkpoints of a run folder (all trained folds by default)."""
         from autounet.networks.registry import build_network
-        from autounet.training.checkpoint import load_checkpoint
+        from autounet.core.checkpoint import load_checkpoint
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():

@@ -19,7 +19,7 @@ from torch import nn
 from autounet.errors import AutounetError
 from autounet.networks.residual import ResidualEncoderUNet
 from autounet.networks.unet import PlainUNet
-from autounet.planners.plans import NetworkPlan
+from autounet.networks.description import NetworkPlan
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from autounet.networks.blocks import (
     format_axes,
 )
 from autounet.networks.unet import UNetBase, UNetEncoder
-from autounet.planners.plans import NetworkPlan
+from autounet.networks.description import NetworkPlan
 
 
 class ResidualBlock(nn.Module):

@@ -29,7 +29,7 @@ from autounet.networks.blocks import (
     ops_for_dims,
 )
 from autounet.networks.init import initialize_network
-from autounet.planners.plans import NetworkPlan
+from autounet.networks.description import NetworkPlan
 
 
 class UNetEncoder(nn.Module):

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from autounet.errors import PlansError
-from autounet.pipeline.fingerprint import Fingerprint
+from autounet.task.fingerprint import Fingerprint
+from autounet.planners.normalization_choice import choose_normalization
 from autounet.planners.memory import DEFAULT_CONSTANTS, estimate_training_memory_bytes, max_batch_size
 from autounet.planners.plans import ConfigurationPlan, NetworkPlan, Plans, ResamplingPlan, save_plans
 from autounet.planners.spacing import target_spacing, transpose_order
@@ -36,7 +37,6 @@ LOWRES_TRIGGER = 0.25
 LOWRES_SPACING_STEP = 1.03
 #: keep the low-resolution stage only if the fullres median image has at least this many times its voxels
 LOWRES_MIN_VOXEL_RATIO = 2.0
-MASK_NORM_MAX_RELATIVE_SIZE = 0.75
 _MAX_LOWRES_STEPS = 2000
 
 
@@ -56,19 +56,6 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[int]) ->
     scale = (volume / float(np.prod(inv))) ** (1.0 / len(spacing))
     patch = [int(round(v)) for v in inv * scale]
     return [max(1, min(p, int(m))) for p, m in zip(patch, median_shape)]
-
-
-def normalization_scheme(channel_name: str) -> str:
-    """Scheme for a channel from its name (case-insensitive): CT -> ct, nonorm/none -> none,
-    rescale_to_0_1 -> rescale_0_1, anything else -> zscore."""
-    name = channel_name.strip().lower()
-    if name == "ct":
-        return "ct"
-    if name in ("nonorm", "none"):
-        return "none"
-    if name in ("rescale_to_0_1", "rescale_0_1"):
-        return "rescale_0_1"
-    return "zscore"
 
 
 @dataclass(frozen=True)
@@ -161,23 +148,6 @@ def fit_patch_and_batch(
                 {"patch_size": patch_reason, "batch_size": batch_reason, "topology": topo_reason})
 
 
-def _normalization(fingerprint: Fingerprint) -> tuple[list[str], list[bool], str]:
-    rel = fingerprint.median_relative_size_after_crop
-    schemes: list[str] = []
-    masks: list[bool] = []
-    parts: list[str] = []
-    for key in sorted(fingerprint.channel_names, key=int):
-        name = fingerprint.channel_names[key]
-        scheme = normalization_scheme(name)
-        use_mask = scheme == "zscore" and rel < MASK_NORM_MAX_RELATIVE_SIZE
-        schemes.append(scheme)
-        masks.append(use_mask)
-        parts.append(f"channel {key} ({name}): {scheme}{' inside the nonzero mask' if use_mask else ''}")
-    why = (f"median relative size after crop {rel:.3g} "
-           f"{'<' if rel < MASK_NORM_MAX_RELATIVE_SIZE else '>='} {MASK_NORM_MAX_RELATIVE_SIZE}")
-    return schemes, masks, "; ".join(parts) + f" ({why})"
-
-
 def _configuration(
     name: str,
     data_identifier: str,
@@ -236,7 +206,7 @@ def plan_experiment(
     median = np.median(resampled, axis=0)
     sp_t = [float(fullres[a]) for a in forward]
     med_t = [max(1, int(round(median[a]))) for a in forward]
-    norm = _normalization(fingerprint)
+    norm = choose_normalization(fingerprint)
     dataset_voxels = float(math.prod(med_t)) * n_cases
     transposed = forward != [0, 1, 2]
     spacing_reason_t = spacing_reason + (f"; transposed {forward} so the coarsest axis comes first" if transposed

@@ -18,6 +18,9 @@ from pathlib import Path
 from autounet.errors import PlansError
 from autounet.io.atomic import read_json, write_json
 from autounet.io.json_schema import from_dict, to_dict
+from autounet.networks.description import NetworkPlan
+from autounet.planners.spacing import ANISOTROPY_THRESHOLD
+from autounet.task.fingerprint import IntensityProperties
 
 PLANS_VERSION = 1
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
@@ -26,61 +29,6 @@ NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
 MAX_PATCH_EDGE = 4096
 MAX_BATCH_SIZE = 4096
 MAX_BATCH_VOXELS = 2**31  # one float32 channel of such a batch is already 8 GiB
-MAX_FEATURES = 8192
-MAX_CONVS_PER_STAGE = 64
-
-
-@dataclass
-class NetworkPlan:
-    """Topology of a U-Net-like network; one entry per resolution stage.
-
-    Encoder lists (features_per_stage, kernel_sizes, strides, n_conv_encoder) run from full
-    resolution down to the bottleneck; `strides[0]` is all ones. `n_conv_decoder` has one
-    entry per decoder stage, listed from the bottleneck upwards (entry 0 is the stage right
-    after the bottleneck). `blocks` names optional extra blocks ("se", "attention_gate") for
-    ablations; empty means the plain architecture.
-    """
-
-    architecture: str
-    features_per_stage: list[int]
-    kernel_sizes: list[list[int]]
-    strides: list[list[int]]
-    n_conv_encoder: list[int]
-    n_conv_decoder: list[int]
-    blocks: list[str] = field(default_factory=list)
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.features_per_stage)
-
-    @property
-    def dims(self) -> int:
-        return len(self.kernel_sizes[0])
-
-    def total_stride(self) -> list[int]:
-        """Product of strides per axis: the patch must be divisible by this."""
-        return [prod(s[a] for s in self.strides) for a in range(self.dims)]
-
-    def validate(self, where: str) -> None:
-        n = self.n_stages
-        if n < 1:
-            raise PlansError(f"{where}.features_per_stage: needs at least one stage")
-        for key in ("kernel_sizes", "strides", "n_conv_encoder"):
-            if len(getattr(self, key)) != n:
-                raise PlansError(f"{where}.{key}: needs {n} entries (one per stage), got {len(getattr(self, key))}")
-        if len(self.n_conv_decoder) != n - 1:
-            raise PlansError(f"{where}.n_conv_decoder: needs {n - 1} entries (stages minus one)")
-        bad_features = [f for f in self.features_per_stage if not 1 <= f <= MAX_FEATURES]
-        if bad_features:
-            raise PlansError(f"{where}.features_per_stage: each must be within 1..{MAX_FEATURES}, got {bad_features[:4]}")
-        for key in ("n_conv_encoder", "n_conv_decoder"):
-            if any(not 1 <= n <= MAX_CONVS_PER_STAGE for n in getattr(self, key)):
-                raise PlansError(f"{where}.{key}: each must be within 1..{MAX_CONVS_PER_STAGE}")
-        dims = self.dims
-        for key in ("kernel_sizes", "strides"):
-            for i, v in enumerate(getattr(self, key)):
-                if len(v) != dims or any(x < 1 for x in v):
-                    raise PlansError(f"{where}.{key}[{i}]: needs {dims} positive integers, got {v}")
 
 
 @dataclass
@@ -91,20 +39,7 @@ class ResamplingPlan:
     order_seg: int = 1
     order_probabilities: int = 1
     order_z: int = 0
-    anisotropy_threshold: float = 3.0
-
-
-@dataclass
-class IntensityProperties:
-    """Foreground intensity statistics of one channel over the whole training set."""
-
-    mean: float
-    std: float
-    median: float
-    min: float
-    max: float
-    percentile_00_5: float
-    percentile_99_5: float
+    anisotropy_threshold: float = ANISOTROPY_THRESHOLD
 
 
 @dataclass

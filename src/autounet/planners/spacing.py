@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 ANISOTROPY_THRESHOLD = 3.0
+"""Spacing (or patch edge) ratio beyond which data counts as anisotropic: defined here only; the
+resampling, the plans' default and the training loader's pseudo-2D switch use this value."""
 ANISOTROPIC_PERCENTILE = 10.0
 _CLAMP_EPSILON = 1e-5
 

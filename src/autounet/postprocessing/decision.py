@@ -1,4 +1,4 @@
-"""Decide connected-component cleanup on cross-validation predictions, store it as JSON, apply it.
+"""Decide connected-component cleanup on cross-validation predictions; apply the rule to a folder.
 
 The decision follows nnU-Net's rule (reference section 8):
 
@@ -25,67 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from autounet.errors import AutounetError, DatasetError, PlansError
+from autounet.errors import AutounetError, DatasetError
 from autounet.evaluation.evaluate import geometry_differences, list_label_files
 from autounet.evaluation.metrics import dice
-from autounet.io.atomic import read_json, write_json
 from autounet.io.images import read_label, write_label
 from autounet.io.json_schema import from_dict, to_dict
-from autounet.pipeline.parallel import run_parallel
+from autounet.core.parallel import run_parallel
 from autounet.postprocessing.connected_components import (
     keep_largest_component_of_label,
     keep_largest_foreground_component,
 )
+from autounet.postprocessing.rule import PostprocessingDecision, apply_postprocessing, load_postprocessing
 
 log = logging.getLogger(__name__)
-
-DECISION_VERSION = 1
-
-
-@dataclass
-class PostprocessingDecision:
-    """What to apply to every prediction, and the cross-validation evidence for it.
-
-    `dice_before` / `dice_after` map the label value (as a string, JSON keys are strings) to the
-    mean Dice over the cases before and after the accepted steps.
-    """
-
-    keep_largest_foreground: bool
-    keep_largest_per_label: list[int]
-    dice_before: dict[str, float]
-    dice_after: dict[str, float]
-    foreground_mean_before: float
-    foreground_mean_after: float
-    decided_on: str
-    num_cases: int
-    version: int = DECISION_VERSION
-
-    def validate(self, where: str) -> None:
-        if self.version != DECISION_VERSION:
-            raise PlansError(f"{where}.version: {self.version} is not supported (expected {DECISION_VERSION}); "
-                             "re-run find_best_configuration")
-        bad = [v for v in self.keep_largest_per_label if v <= 0]
-        if bad:
-            raise PlansError(f"{where}.keep_largest_per_label: {bad} are not foreground label values (must be > 0)")
-        if len(set(self.keep_largest_per_label)) != len(self.keep_largest_per_label):
-            raise PlansError(f"{where}.keep_largest_per_label: lists a label twice")
-
-    @property
-    def is_identity(self) -> bool:
-        """True when the decision changes nothing (no step accepted)."""
-        return not self.keep_largest_foreground and not self.keep_largest_per_label
-
-    def describe(self) -> str:
-        """One line for logs and CLI output."""
-        steps = []
-        if self.keep_largest_foreground:
-            steps.append("keep largest foreground component")
-        if self.keep_largest_per_label:
-            steps.append("keep largest component of label(s) " + ", ".join(map(str, self.keep_largest_per_label)))
-        what = "; ".join(steps) if steps else "none"
-        return (f"{what} (foreground Dice {self.foreground_mean_before:.4f} -> "
-                f"{self.foreground_mean_after:.4f} on {self.num_cases} cases)")
-
 
 @dataclass
 class _Means:
@@ -99,30 +51,6 @@ class _Means:
 def _mean_ignoring_nan(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else float("nan")
-
-
-def apply_postprocessing(seg: np.ndarray, decision: PostprocessingDecision) -> np.ndarray:
-    """Apply the accepted steps, in order, to a label map holding label values."""
-    out = np.asarray(seg)
-    if decision.keep_largest_foreground:
-        out = keep_largest_foreground_component(out)
-    for label in decision.keep_largest_per_label:
-        out = keep_largest_component_of_label(out, label)
-    return out
-
-
-def save_postprocessing(decision: PostprocessingDecision, path: str | os.PathLike[str]) -> None:
-    decision.validate(str(path))
-    write_json(path, to_dict(decision))
-
-
-def load_postprocessing(path: str | os.PathLike[str]) -> PostprocessingDecision:
-    """Load and validate postprocessing.json; errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: postprocessing decision not found; run find_best_configuration first "
-                           "or predict with --no-postprocessing")
-    return from_dict(PostprocessingDecision, read_json(path, allow_nan=True), str(path))
 
 
 def _case_dice_table(item: tuple[str, str, tuple[int, ...]]) -> dict[str, dict[int, float]]:

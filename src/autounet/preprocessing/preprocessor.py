@@ -20,8 +20,8 @@ import numpy as np
 from autounet.errors import DatasetError
 from autounet.io.geometry import Geometry
 from autounet.io.images import read_channels, read_label, write_label
-from autounet.pipeline.parallel import run_parallel
-from autounet.pipeline.workspace import Workspace
+from autounet.core.parallel import run_parallel
+from autounet.core.workspace import Workspace
 from autounet.planners.plans import Plans
 from autounet.preprocessing.case_properties import CaseProperties
 from autounet.preprocessing.case_store import CaseStore
@@ -30,7 +30,7 @@ from autounet.preprocessing.normalization import normalize
 from autounet.preprocessing.resampling import compute_new_shape, resample_data, resample_segmentation
 
 if TYPE_CHECKING:
-    from autounet.pipeline.dataset import CaseFiles, TaskDataset
+    from autounet.task.dataset import CaseFiles, TaskDataset
 
 log = logging.getLogger(__name__)
 

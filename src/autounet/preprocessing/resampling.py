@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-DEFAULT_ANISOTROPY_THRESHOLD = 3.0
+from autounet.planners.spacing import ANISOTROPY_THRESHOLD as DEFAULT_ANISOTROPY_THRESHOLD
 
 
 def compute_new_shape(

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from autounet.io.atomic import write_text  # noqa: E402
-from autounet.pipeline.workspace import Workspace  # noqa: E402
+from autounet.core.workspace import Workspace  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def gather(workspace: Workspace, task: str, max_overlays: int = 6) -> ReportData
     data = ReportData(task)
     pre = workspace.preprocessed(task)
     if (pre / "fingerprint.json").is_file():
-        from autounet.pipeline.fingerprint import load_fingerprint
+        from autounet.task.fingerprint import load_fingerprint
 
         data.fingerprint = load_fingerprint(pre / "fingerprint.json")
     if (pre / "plans.json").is_file():
@@ -145,7 +145,7 @@ def _validation_overlays(workspace: Workspace, task: str, data: ReportData, limi
     if not data.validation:
         return []
     try:
-        from autounet.pipeline.dataset import find_task, load_task
+        from autounet.task.dataset import find_task, load_task
 
         raw = load_task(find_task(task, workspace))
     except Exception as exc:  # noqa: BLE001 - the report still renders without pictures

@@ -35,7 +35,7 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 
 from autounet.errors import WorkerError
-from autounet.pipeline.system import shm_size_gb
+from autounet.core.system import shm_size_gb
 
 log = logging.getLogger(__name__)
 

@@ -29,101 +29,20 @@ from typing import Any
 import numpy as np
 
 from autounet.errors import DatasetError
-from autounet.inference.cascade import load_previous_stage
-from autounet.pipeline.system import available_ram_gb, cpu_count
+from autounet.preprocessing.cascade import load_previous_stage
+from autounet.core.system import available_ram_gb, cpu_count
 from autounet.planners.plans import Plans
 from autounet.preprocessing.case_store import CaseStore
-from autounet.training.augmentation import (
-    LocalRandomState,
-    Rotation,
-    scaled_shape,
-    training_transforms,
-    validation_transforms,
-)
+from autounet.training.augmentation import training_transforms, validation_transforms
+from autounet.training.augmentation_policy import enlarged_patch_size, get_augmentation_params
 from autounet.training.batch_workers import BackgroundBatches
+from autounet.training.transforms import LocalRandomState, scaled_shape
 
 log = logging.getLogger(__name__)
 
-ANISOTROPY_THRESHOLD = 3.0
 DEFAULT_OVERSAMPLE_FOREGROUND = 0.33
-INITIAL_PATCH_SCALE = 0.85  # the reference enlarges by 1 / 0.85 (section 6; not the 0.7-1.4 used later)
 RAM_GB_PER_WORKER = 2.5
 MAX_CACHED_PREVIOUS = 8  # decompressed previous-stage segmentations kept per worker
-
-
-@dataclass(frozen=True)
-class AugmentationParams:
-    """What the spatial augmentation needs to know about a configuration's patch."""
-
-    rotation: Rotation
-    dummy_2d: bool
-    mirror_axes: tuple[int, ...]
-
-
-def get_augmentation_params(patch_size: Sequence[int], mirror_axes: Sequence[int] | None = None) -> AugmentationParams:
-    """Rotation ranges (radians), pseudo-2D flag and mirror axes for a 2D or 3D patch (section 6).
-
-    3D: +-30 deg about every axis, unless the patch is anisotropic (max / first side > 3): then
-    the spatial transform runs in-plane ("dummy 2D") with +-180 deg. 2D: +-15 deg for elongated
-    patches (max / min side > 1.5), else +-180 deg. `mirror_axes` (from the plans) overrides
-    the default of every spatial axis.
-    """
-    dims = len(patch_size)
-    if dims not in (2, 3):
-        raise ValueError(f"patch_size needs 2 or 3 entries, got {list(patch_size)}")
-    none = (0.0, 0.0)
-    full = (-math.pi, math.pi)
-    if dims == 3:
-        dummy_2d = max(patch_size) / patch_size[0] > ANISOTROPY_THRESHOLD
-        if dummy_2d:
-            rotation: Rotation = (full, none, none)
-        else:
-            r = math.radians(30)
-            rotation = ((-r, r), (-r, r), (-r, r))
-    else:
-        dummy_2d = False
-        if max(patch_size) / min(patch_size) > 1.5:
-            r = math.radians(15)
-            rotation = ((-r, r), none, none)
-        else:
-            rotation = (full, none, none)
-    axes = tuple(range(dims)) if mirror_axes is None else tuple(int(a) for a in mirror_axes)
-    return AugmentationParams(rotation=rotation, dummy_2d=dummy_2d, mirror_axes=axes)
-
-
-def _rotated_extent(a: float, b: float, limit: float) -> float:
-    """Largest extent along a's axis of an a x b rectangle rotated by any angle in [-limit, limit]."""
-    peak = math.atan2(b, a)  # a*cos(t) + b*sin(t) is largest at t = atan2(b, a)
-    if peak <= limit:
-        return math.hypot(a, b)
-    return a * math.cos(limit) + b * math.sin(limit)
-
-
-def initial_patch_size(
-    patch_size: Sequence[int],
-    rotation: Rotation,
-    dummy_2d: bool = False,
-    scale_min: float = INITIAL_PATCH_SCALE,
-) -> tuple[int, ...]:
-    """Enlarged patch that contains the final patch under any allowed rotation, divided by `scale_min`.
-
-    Each rotation (about one axis at a time, limited to 90 deg) grows the two axes of its plane
-    to the bounding box of the rotated patch. In dummy-2D mode only the in-plane axes grow.
-    """
-    size = [float(p) for p in patch_size]
-    if dummy_2d:
-        inner = initial_patch_size(patch_size[1:], (rotation[0], (0.0, 0.0), (0.0, 0.0)), False, scale_min)
-        return (int(patch_size[0]), *inner)
-    # rotation[i] (batchgenerators' angle_x, _y, _z) turns the plane of these two axes:
-    planes = [(0, 1)] if len(size) == 2 else [(1, 2), (0, 2), (0, 1)]
-    out = list(size)
-    for (i, j), rng in zip(planes, rotation):
-        limit = min(max(abs(rng[0]), abs(rng[1])), math.pi / 2)
-        if limit == 0:
-            continue
-        out[i] = max(out[i], _rotated_extent(size[i], size[j], limit))
-        out[j] = max(out[j], _rotated_extent(size[j], size[i], limit))
-    return tuple(int(round(o / scale_min)) for o in out)
 
 
 def crop_with_padding(
@@ -388,7 +307,7 @@ class BatchMaker:
         cascade_classes = spec.num_classes if spec.previous_stage_folder is not None else 0
         if spec.augment:
             params = get_augmentation_params(spec.patch_size, spec.mirror_axes)
-            initial = initial_patch_size(spec.patch_size, params.rotation, params.dummy_2d)
+            initial = enlarged_patch_size(spec.patch_size, params.rotation, params.dummy_2d)
             self.transforms = training_transforms(
                 spec.patch_size, params.rotation, params.dummy_2d, params.mirror_axes, scales,
                 spec.use_mask_for_norm, elastic=spec.elastic, spatial_impl=spec.spatial_impl,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autounet.errors import AutounetError
-from autounet.inference.cascade import (
+from autounet.preprocessing.cascade import (
     NEXT_STAGE_DIR,
     NEXT_STAGE_KEY,
     cascade_input,
@@ -28,10 +28,10 @@ from autounet.inference.cascade import (
 )
 from autounet.io.atomic import write_text
 from autounet.networks.precision import resolve_precision
-from autounet.pipeline.workspace import Workspace, resolve_workspace
+from autounet.core.workspace import Workspace, resolve_workspace
 from autounet.planners.plans import Plans, ResamplingPlan, load_plans
 from autounet.preprocessing.case_properties import CaseProperties
-from autounet.training.checkpoint import BEST, FINAL, LATEST
+from autounet.core.run_layout import BEST, FINAL, LATEST, fold_folder_name
 from autounet.training.distributed import (
     DistributedContext,
     barrier,
@@ -54,20 +54,16 @@ from autounet.training.trainer import LoaderBuilder, NetworkBuilder, Trainer, re
 log = logging.getLogger(__name__)
 
 LOG_NAME = "training.log"
-# Re-exported: the cascade helpers live in inference.cascade, shared with the predictor.
+# Re-exported: the cascade helpers live in preprocessing.cascade, shared with the predictor.
 __all__ = ["NEXT_STAGE_DIR", "NEXT_STAGE_KEY", "cascade_input", "load_previous_stage", "export_next_stage",
            "find_previous_stage_dir", "run_training", "validate_fold"]
 
 
 def resolve_task_for_training(workspace: Workspace, task_or_none: str | None) -> str:
     """The task to train: the one named (`Task01`, `1`, full name), or the only preprocessed one."""
-    from autounet.pipeline.task_names import find_task_name
+    from autounet.core.task_names import find_task_name
 
     return find_task_name(task_or_none, workspace, require_preprocessed=True)
-
-
-def fold_folder_name(fold: int | str) -> str:
-    return f"fold_{fold}"
 
 
 def _budget_flags(settings: TrainingSettings) -> str:
@@ -262,7 +258,6 @@ def run_training(
     `training.data_loader.build_dataloaders`.
     """
     from autounet.preprocessing.case_store import CaseStore
-    from autounet.training.splits import get_fold, load_or_create_splits, load_splits
 
     settings.validate()
     ws = workspace if isinstance(workspace, Workspace) else resolve_workspace(workspace)
@@ -281,18 +276,8 @@ def run_training(
     ctx = init_distributed(device.type)
     started_group = started_group and ctx.enabled
     try:
-        splits_path = preprocessed / "splits.json"
-        splits = None
-        if str(fold) == "all":
-            train_ids, val_ids = get_fold([], "all", case_ids)
-            if cfg.previous_stage and splits_path.is_file():  # only to name the lower-stage folds to train
-                splits = load_splits(splits_path, case_ids)
-        else:
-            if ctx.is_main:
-                load_or_create_splits(splits_path, case_ids)
-            barrier(ctx)
-            splits = load_or_create_splits(splits_path, case_ids)
-            train_ids, val_ids = get_fold(splits, fold, case_ids, source=str(splits_path))
+        train_ids, val_ids, splits = _fold_cases(preprocessed / "splits.json", fold, case_ids,
+                                                 bool(cfg.previous_stage), ctx)
         in_channels = plans.num_channels
         previous_dir = None
         if cfg.previous_stage:
@@ -327,21 +312,8 @@ def run_training(
                 state = trainer.fit()
                 barrier(ctx)
                 if ctx.is_main and settings.validate_at_end and val_ids:
-                    next_stage = None
-                    if cfg.next_stage and configuration == "3d_lowres":
-                        out = run_dir / NEXT_STAGE_DIR
-                        out.mkdir(parents=True, exist_ok=True)
-                        next_stage = (out, preprocessed / plans.configuration(cfg.next_stage).data_identifier)
-                    summary = validate_fold(trainer.network, plans, configuration, data_folder, val_ids, fold_dir,
-                                            preprocessed / "gt_segmentations", trainer.device,
-                                            settings.save_probabilities, previous_dir, next_stage,
-                                            use_mirroring=settings.validation_mirroring,
-                                            precision=settings.precision)
-                    ema = state.ema_dice if state.ema_dice is not None else float("nan")
-                    if summary is not None:
-                        log.info("fold %s: mean foreground Dice on %d validation cases %.4f (final pseudo Dice "
-                                 "EMA %.4f, patch-based proxy)", fold, len(val_ids),
-                                 summary["foreground_mean"].get("Dice", float("nan")), ema)
+                    _validate_at_end(trainer, state.ema_dice, plans, configuration, preprocessed, run_dir, fold_dir,
+                                     val_ids, settings, previous_dir, fold)
             except BaseException:
                 if manifest is not None:
                     manifest.status = "failed"
@@ -356,3 +328,41 @@ def run_training(
     finally:
         if started_group:
             shutdown_distributed()
+
+
+def _fold_cases(splits_path: Path, fold: int | str, case_ids: list[str], cascade: bool,
+                ctx: DistributedContext) -> tuple[list[str], list[str], list[Split] | None]:
+    """(training ids, validation ids, the splits) of a fold; the main process creates splits.json once."""
+    from autounet.training.splits import get_fold, load_or_create_splits, load_splits
+
+    if str(fold) == "all":
+        train_ids, val_ids = get_fold([], "all", case_ids)
+        splits = load_splits(splits_path, case_ids) if cascade and splits_path.is_file() else None
+        return train_ids, val_ids, splits  # the splits only name the lower-stage folds to train
+    if ctx.is_main:
+        load_or_create_splits(splits_path, case_ids)
+    barrier(ctx)
+    splits = load_or_create_splits(splits_path, case_ids)
+    train_ids, val_ids = get_fold(splits, fold, case_ids, source=str(splits_path))
+    return train_ids, val_ids, splits
+
+
+def _validate_at_end(trainer: Trainer, ema_dice: float | None, plans: Plans, configuration: str,
+                     preprocessed: Path, run_dir: Path, fold_dir: Path, val_ids: list[str],
+                     settings: TrainingSettings, previous_dir: Path | None, fold: int | str) -> None:
+    """Predict the validation cases whole (and, for 3d_lowres, the cascade's next-stage inputs) and log their Dice."""
+    cfg = plans.configuration(configuration)
+    next_stage = None
+    if cfg.next_stage and configuration == "3d_lowres":
+        out = run_dir / NEXT_STAGE_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        next_stage = (out, preprocessed / plans.configuration(cfg.next_stage).data_identifier)
+    summary = validate_fold(trainer.network, plans, configuration, preprocessed / cfg.data_identifier, val_ids,
+                            fold_dir, preprocessed / "gt_segmentations", trainer.device, settings.save_probabilities,
+                            previous_dir, next_stage, use_mirroring=settings.validation_mirroring,
+                            precision=settings.precision)
+    ema = ema_dice if ema_dice is not None else float("nan")
+    if summary is not None:
+        log.info("fold %s: mean foreground Dice on %d validation cases %.4f (final pseudo Dice "
+                 "EMA %.4f, patch-based proxy)", fold, len(val_ids), summary["foreground_mean"].get("Dice", float("nan")),
+                 ema)

@@ -29,19 +29,17 @@ from autounet.errors import AutounetError, CheckpointError
 from autounet.io.atomic import TMP_PREFIX
 from autounet.io.json_schema import to_dict
 from autounet.networks.precision import autocast, needs_grad_scaler, resolve_precision
-from autounet.pipeline.system import cpu_threads
+from autounet.core.system import cpu_threads
 from autounet.planners.plans import ConfigurationPlan, Plans
 from autounet.training import metrics_log
-from autounet.training.checkpoint import (
-    BEST,
+from autounet.core.checkpoint import (
     CHECKPOINT_FORMAT,
-    FINAL,
-    LATEST,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
+from autounet.core.run_layout import BEST, FINAL, LATEST
 from autounet.training.distributed import (
     DistributedContext,
     all_reduce_mean,

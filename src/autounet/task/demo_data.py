@@ -29,7 +29,7 @@ from autounet.io.images import (
     write_image,
     write_label,
 )
-from autounet.pipeline.dataset import TaskDataset, load_task, task_id_from_name
+from autounet.task.dataset import TaskDataset, load_task, task_id_from_name
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def write_demo_task(
     write_json(root / "dataset.json", {
         "name": root.name.split("_", 1)[-1],
         "description": "Synthetic demo task: an organ with a nested lesion inside a body region",
-        "reference": "autounet.pipeline.demo_data (synthetic, seed %d)" % seed,
+        "reference": "autounet.task.demo_data (synthetic, seed %d)" % seed,
         "licence": "CC0-1.0",
         "release": "1.0",
         "tensorImageSize": "3D",

@@ -26,9 +26,6 @@ from autounet.io.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-LATEST = "checkpoint_latest.pt"
-BEST = "checkpoint_best.pt"
-FINAL = "checkpoint_final.pt"
 INFERENCE_KEYS = ("network", "network_name", "configuration", "mirror_axes")
 
 

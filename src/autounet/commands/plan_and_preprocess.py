@@ -12,9 +12,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from autounet.errors import AutounetError
 from autounet.io.atomic import write_json
-from autounet.pipeline.workspace import Workspace
+from autounet.core.system import case_memory_budget
+from autounet.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +47,6 @@ def default_gpu_memory_gb() -> tuple[float, str]:
     return DEFAULT_GPU_MEMORY_GB, "default (no CUDA GPU found)"
 
 
-def case_memory_budget(memory_gb: float | None, workers: int) -> int:
-    """Bytes one case may use while it is read and preprocessed: 80% of `memory_gb` (default: the
-    available RAM) shared by the worker processes."""
-    from autounet.io.read_budget import per_case_budget
-    from autounet.pipeline.system import available_ram_gb
-
-    if memory_gb is not None and not memory_gb > 0:
-        raise AutounetError(f"--memory-gb: must be a positive number of GB, got {memory_gb}")
-    if memory_gb is None:
-        memory_gb = available_ram_gb()
-        if memory_gb != memory_gb:  # unknown: assume a small machine rather than none
-            memory_gb = 4.0
-    budget = per_case_budget(memory_gb, workers)
-    log.info("memory budget: %.2f GiB per case (%.1f GB shared by %d worker(s))", budget / 1024**3, memory_gb,
-             max(1, workers))
-    return budget
-
-
 def plan_and_preprocess(
     workspace: Workspace,
     task_name: str,
@@ -79,10 +61,10 @@ def plan_and_preprocess(
     accept_label_geometry: bool = False,
     nifti_transform: str | None = None,
 ) -> PlanAndPreprocessResult:
-    from autounet.pipeline.dataset import find_task, load_task
-    from autounet.pipeline.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
-    from autounet.pipeline.integrity import verify_task
-    from autounet.pipeline.parallel import default_num_workers
+    from autounet.task.dataset import find_task, load_task
+    from autounet.task.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
+    from autounet.task.integrity import verify_task
+    from autounet.core.parallel import default_num_workers
     from autounet.planners.experiment_planner import plan_experiment
     from autounet.planners.plans import save_plans
     from autounet.preprocessing.preprocessor import preprocess_task
@@ -91,6 +73,7 @@ def plan_and_preprocess(
     task = load_task(task_dir)
     workers = default_num_workers(per_worker_gb=2.0) if num_workers is None else num_workers
     case_bytes = case_memory_budget(memory_gb, workers)
+    log.info("memory budget: %.2f GiB per case (shared by %d worker(s))", case_bytes / 1024**3, max(1, workers))
     log.info("task %s (%s layout) at %s: %d training cases, %d channel(s), labels %s",
              task.name, task.layout, task_dir, len(task.training), len(task.channel_names),
              ", ".join(f"{v}={k}" for k, v in sorted(task.labels.items(), key=lambda kv: kv[1])))

@@ -20,10 +20,9 @@ from autounet.errors import PlansError
 from autounet.io.atomic import read_json, write_json
 from autounet.io.geometry import Geometry
 from autounet.io.json_schema import from_dict, to_dict
-from autounet.planners.plans import IntensityProperties
 
 if TYPE_CHECKING:
-    from autounet.pipeline.dataset import CaseFiles, TaskDataset
+    from autounet.task.dataset import CaseFiles, TaskDataset
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,19 @@ DEFAULT_SEED = 1234
 DEFAULT_SAMPLE_BUDGET = 10_000_000
 #: a 2D case's singleton axis gets this factor x its largest in-plane spacing, so it is planned as "coarsest"
 SINGLETON_SPACING_FACTOR = 999.0
+
+
+@dataclass
+class IntensityProperties:
+    """Foreground intensity statistics of one channel over the whole training set."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
 
 
 @dataclass
@@ -216,7 +228,7 @@ def extract_fingerprint(
     items = [_WorkItem(case=c, seed=(seed, i), max_samples=per_case, max_read_bytes=max_read_bytes,
                         nifti_transform=nifti_transform)
              for i, c in enumerate(cases)]
-    from autounet.pipeline.parallel import run_parallel
+    from autounet.core.parallel import run_parallel
 
     results = run_parallel(_fingerprint_worker, items, [c.case_id for c in cases], num_workers,
                            desc="fingerprint", show_progress=show_progress)

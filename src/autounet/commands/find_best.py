@@ -25,15 +25,16 @@ from autounet.errors import DatasetError
 from autounet.evaluation.evaluate import evaluate_folder, list_label_files
 from autounet.evaluation.summary_table import format_candidates
 from autounet.inference.ensemble import ensemble_folders
-from autounet.io.atomic import is_temporary, read_json, write_json, write_text
+from autounet.io.atomic import is_temporary, write_json, write_text
 from autounet.io.images import strip_ending
-from autounet.pipeline.workspace import Workspace, resolve_workspace
+from autounet.core.run_layout import BEST_CONFIGURATION_FILE, fold_folder_name
+from autounet.core.workspace import Workspace, resolve_workspace
 from autounet.planners.plans import Plans, load_plans
-from autounet.postprocessing.decision import determine_postprocessing, save_postprocessing
+from autounet.postprocessing.decision import determine_postprocessing
+from autounet.postprocessing.rule import save_postprocessing
 
 log = logging.getLogger(__name__)
 
-BEST_CONFIGURATION_FILE = "best_configuration.json"
 CROSSVAL_FOLDER = "crossval_results"
 ENSEMBLES_FOLDER = "ensembles"
 POSTPROCESSING_FILE = "postprocessing.json"
@@ -63,7 +64,7 @@ def _as_workspace(workspace: Workspace | str | os.PathLike[str]) -> Workspace:
 
 
 def _validation_dir(run_folder: Path, fold: int) -> Path:
-    return run_folder / f"fold_{fold}" / "validation"
+    return run_folder / fold_folder_name(fold) / "validation"
 
 
 def discover_runs(results_dir: Path, configurations: Sequence[str] | None,
@@ -238,16 +239,3 @@ def find_best_configuration(
                f"Model selection for {task} (cross-validation, foreground-mean Dice)\n\n{table}\n\n"
                f"postprocessing: {decision.describe()}\n")
     return result
-
-
-def load_best_configuration(workspace: Workspace | str | os.PathLike[str], task: str) -> dict[str, Any] | None:
-    """best_configuration.json of a task with "postprocessing" made absolute; None if never written."""
-    results_dir = _as_workspace(workspace).results(task)
-    path = results_dir / BEST_CONFIGURATION_FILE
-    if not path.is_file():
-        return None
-    data = read_json(path, allow_nan=True)
-    if not isinstance(data, dict) or "selected" not in data or "postprocessing" not in data:
-        raise DatasetError(f"{path}: not a best-configuration file; re-run `autounet find_best_configuration {task}`")
-    data["postprocessing"] = str(results_dir / data["postprocessing"])
-    return data

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from autounet.errors import AutounetError
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 
 #: A task folder name: `Task01`, `Task001_Name`, `Dataset001_Name` (case-insensitive prefix).
 TASK_FOLDER = re.compile(r"^(?P<prefix>Task|Dataset)(?P<id>\d+)(?:_(?P<name>.+))?$", re.IGNORECASE)

@@ -2,7 +2,7 @@
 
 Both layouts are normalised into one `TaskDataset` so that no later stage needs to know
 which layout the user brought. Only dataset.json and folder listings are read here; whether
-the listed files exist and are sound is the integrity check's job (pipeline/integrity.py),
+the listed files exist and are sound is the integrity check's job (task/integrity.py),
 so that all problems of a task can be reported together.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 from autounet.errors import DatasetError
 from autounet.io.atomic import TMP_PREFIX, read_json
 from autounet.io.images import SUPPORTED_ENDINGS, file_ending, image_channel_count, split_channel_suffix
-from autounet.pipeline.task_names import TASK_FOLDER, match_task_names
-from autounet.pipeline.workspace import Workspace
+from autounet.core.task_names import TASK_FOLDER, match_task_names
+from autounet.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from importlib import metadata
 
 from autounet import __version__
 from autounet.networks.precision import cpu_has_native_bf16
-from autounet.pipeline import system
-from autounet.pipeline.workspace import Workspace
+from autounet.core import system
+from autounet.core.workspace import Workspace
 
 PACKAGES = ("torch", "numpy", "scipy", "SimpleITK", "nibabel", "batchgenerators", "matplotlib", "tqdm")
 

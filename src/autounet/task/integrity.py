@@ -16,8 +16,8 @@ import numpy as np
 from autounet.errors import ImageReadError, IntegrityError
 from autounet.io.geometry import Geometry
 from autounet.io.images import DIRECTION_ATOL, compare_grids, count_nonfinite, read_image, read_label, split_channel_suffix
-from autounet.pipeline.dataset import CaseFiles, TaskDataset, visible_files
-from autounet.pipeline.parallel import run_parallel
+from autounet.task.dataset import CaseFiles, TaskDataset, visible_files
+from autounet.core.parallel import run_parallel
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def default_num_workers(per_worker_gb: float = 2.0, cap: int | None = None) -> i
     """Worker count from CPU cores and free RAM, so that workers never outgrow memory."""
     cores = os.cpu_count() or 1
     try:
-        from autounet.pipeline.system import available_ram_gb
+        from autounet.core.system import available_ram_gb
 
         by_ram = max(1, int(available_ram_gb() // max(per_worker_gb, 0.1)))
     except Exception:  # noqa: BLE001 - best effort; fall back to cores

@@ -63,3 +63,18 @@ def cpu_threads(requested: int | None, world_size: int = 1) -> tuple[int, str]:
     if requested is not None:
         return max(1, requested), "--threads"
     return max(1, cores // max(1, world_size)), f"{cores} core(s), {world_size} process(es)"
+
+
+def case_memory_budget(memory_gb: float | None, workers: int) -> int:
+    """Bytes one case may use while it is read, resampled or predicted: 80% of `memory_gb` (default:
+    the available RAM; 4 GB where unknown) shared by the worker processes."""
+    from autounet.errors import AutounetError
+    from autounet.io.read_budget import per_case_budget
+
+    if memory_gb is not None and not memory_gb > 0:
+        raise AutounetError(f"--memory-gb: must be a positive number of GB, got {memory_gb}")
+    if memory_gb is None:
+        memory_gb = available_ram_gb()
+        if memory_gb != memory_gb:  # unknown: assume a small machine rather than none
+            memory_gb = 4.0
+    return per_case_budget(memory_gb, workers)

@@ -24,7 +24,8 @@ from autounet import __version__
 from autounet.errors import AutounetError, CheckpointError, DatasetError
 from autounet.io.atomic import TMP_PREFIX, atomic_path
 from autounet.io.json_schema import from_dict, to_dict
-from autounet.pipeline.workspace import Workspace
+from autounet.core.run_layout import BEST_CONFIGURATION_FILE, CHECKPOINT_FILES, FOLD_PREFIX
+from autounet.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ MANIFEST = "manifest.json"
 ARCHIVE_FORMAT = 1
 RUN_FILES = ("plans.json", "dataset.json", "postprocessing.json")
 FOLD_FILES = ("run.json",)
-CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt"}
-BEST_CONFIGURATION = "best_configuration.json"
+CHECKPOINTS = {name: CHECKPOINT_FILES[name] for name in ("final", "best")}
+BEST_CONFIGURATION = BEST_CONFIGURATION_FILE
 GIB = 1024**3
 #: Size limits of an installed archive. The largest reference model (ResEnc XL, 5 folds) stores
 #: about 5 x 1.5 GB of checkpoints; JSON metadata is kilobytes.
@@ -75,7 +76,7 @@ def export_model(workspace: Workspace, task: str, output: Path, runs: list[str] 
     results = workspace.results(task)
     if not results.is_dir():
         raise AutounetError(f"{results}: no trained runs for task {task}; train first")
-    available = sorted(p.name for p in results.iterdir() if p.is_dir() and any(p.glob(f"fold_*/{CHECKPOINTS[checkpoint]}")))
+    available = sorted(p.name for p in results.iterdir() if p.is_dir() and any(p.glob(f"{FOLD_PREFIX}*/{CHECKPOINTS[checkpoint]}")))
     chosen = runs or available
     missing = [r for r in chosen if r not in available]
     if missing or not chosen:
@@ -87,8 +88,8 @@ def export_model(workspace: Workspace, task: str, output: Path, runs: list[str] 
         for name in RUN_FILES:
             if (run_dir / name).is_file():
                 members[f"{run}/{name}"] = run_dir / name
-        for fold_dir in sorted(run_dir.glob("fold_*")):
-            if folds and fold_dir.name.removeprefix("fold_") not in folds:
+        for fold_dir in sorted(run_dir.glob(f"{FOLD_PREFIX}*")):
+            if folds and fold_dir.name.removeprefix(FOLD_PREFIX) not in folds:
                 continue
             ckpt = fold_dir / CHECKPOINTS[checkpoint]
             if not ckpt.is_file():
@@ -126,7 +127,7 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
 
 def _check_checkpoint(staged: Path, archive: Path, member: str) -> None:
     """Load a staged checkpoint weights-only; a refusal names the archive and member, not the staging path."""
-    from autounet.training.checkpoint import load_checkpoint
+    from autounet.core.checkpoint import load_checkpoint
 
     try:
         load_checkpoint(staged)

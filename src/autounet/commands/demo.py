@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autounet.pipeline.workspace import Workspace
+from autounet.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def run_demo(workspace: Workspace, two_d: bool = False, epochs: int | None = Non
              iters_per_epoch: int | None = None, device: str = "auto", workers: int | None = None) -> DemoResult:
     from autounet.evaluation.evaluate import evaluate_folder
     from autounet.inference.predict_folder import predict_folder
-    from autounet.pipeline.dataset import load_task
-    from autounet.pipeline.demo_data import write_demo_task
-    from autounet.pipeline.plan_and_preprocess import plan_and_preprocess
+    from autounet.task.dataset import load_task
+    from autounet.task.demo_data import write_demo_task
+    from autounet.commands.plan_and_preprocess import plan_and_preprocess
     from autounet.reporting.html_report import write_report
     from autounet.training.run_training import run_training
     from autounet.training.settings import TrainingSettings

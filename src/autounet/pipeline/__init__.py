@@ -1,1 +1,0 @@
-"""Dataset discovery, fingerprinting and orchestration of the pipeline's stages."""
