@@ -169,6 +169,14 @@ def predict_folder(
                                                         bool(use_mirroring), step_size, decision, num_parts, part_id))
 
     report = PredictionReport(choice=choice)
+    _predict_cases(cases, predictors, output_dir, decision, save_probabilities, resume, show_progress, report)
+    return report
+
+
+def _predict_cases(cases: list[CaseFiles], predictors: list[Predictor], output_dir: Path,
+                   decision: PostprocessingDecision | None, save_probabilities: bool, resume: bool,
+                   show_progress: bool, report: PredictionReport) -> None:
+    """Predict case after case into `report`; a failing case is recorded and the others go on."""
     from tqdm import tqdm
 
     progress = tqdm(cases, desc="predict", unit="case", disable=not show_progress)
@@ -201,7 +209,6 @@ def predict_folder(
     progress.close()
     if report.failed:
         log.error("%d case(s) failed: %s", len(report.failed), ", ".join(report.failed))
-    return report
 
 
 def _predict_case(predictors: list[Predictor], case: CaseFiles, out: Path, decision: PostprocessingDecision | None,
