@@ -224,35 +224,7 @@ def plan_experiment(
     if not is_3d:
         plans_why.append("no 3D configurations: the data are 2D")
     else:
-        fit3d = fit_patch_and_batch(sp_t, med_t, dataset_voxels, budget)
-        coverage = math.prod(fit3d.topology.patch_size) / math.prod(med_t)
-        fullres_why = f"3d_fullres: 3D data, median shape {_fmt(med_t)}; patch covers {coverage:.0%} of it"
-        lowres = None
-        if coverage < LOWRES_TRIGGER:
-            lowres = _plan_lowres(sp_t, med_t, n_cases, budget, norm)
-            if lowres is not None:
-                lowres_cfg, lowres_median = lowres
-                ratio = math.prod(med_t) / math.prod(lowres_median)
-                if ratio < LOWRES_MIN_VOXEL_RATIO:
-                    plans_why.append(f"3d_lowres dropped: the fullres median has only {ratio:.2f}x its voxels "
-                                     f"(< {LOWRES_MIN_VOXEL_RATIO:g})")
-                    lowres = None
-        cascade = lowres is not None
-        configs["3d_fullres"] = _configuration(
-            "3d_fullres", "3d_fullres", sp_t, med_t, fit3d, norm, cascade, spacing_reason_t, fullres_why)
-        if lowres is None:
-            if coverage >= LOWRES_TRIGGER:
-                plans_why.append(f"no cascade: the fullres patch covers {coverage:.0%} >= "
-                                 f"{LOWRES_TRIGGER:.0%} of the median image")
-            plans_why.append("3d_fullres for 3D data")
-        else:
-            lowres_cfg, lowres_median = lowres
-            lowres_cfg.next_stage = "3d_cascade_fullres"
-            configs["3d_lowres"] = lowres_cfg
-            cas = _cascade_from(configs["3d_fullres"], budget)
-            configs["3d_cascade_fullres"] = cas
-            plans_why.append(f"3d_fullres for 3D data; 3d_lowres + 3d_cascade_fullres because the fullres patch "
-                             f"covers {coverage:.0%} < {LOWRES_TRIGGER:.0%} of the median image")
+        plans_why += _plan_3d(configs, sp_t, med_t, dataset_voxels, n_cases, budget, norm, spacing_reason_t)
     plans = Plans(
         task=fingerprint.task,
         channel_names=dict(fingerprint.channel_names),
@@ -269,6 +241,44 @@ def plan_experiment(
     )
     plans.validate(f"plans of {fingerprint.task}")
     return plans
+
+
+def _plan_3d(configs: dict[str, ConfigurationPlan], sp_t: list[float], med_t: list[int], dataset_voxels: float,
+             n_cases: int, budget: _Budget, norm: tuple[list[str], list[bool], str],
+             spacing_reason: str) -> list[str]:
+    """Add 3d_fullres (and, for images the fullres patch covers too little of, 3d_lowres and
+    3d_cascade_fullres) to `configs`; return why, for the plans' reasons."""
+    plans_why: list[str] = []
+    fit3d = fit_patch_and_batch(sp_t, med_t, dataset_voxels, budget)
+    coverage = math.prod(fit3d.topology.patch_size) / math.prod(med_t)
+    fullres_why = f"3d_fullres: 3D data, median shape {_fmt(med_t)}; patch covers {coverage:.0%} of it"
+    lowres = None
+    if coverage < LOWRES_TRIGGER:
+        lowres = _plan_lowres(sp_t, med_t, n_cases, budget, norm)
+        if lowres is not None:
+            lowres_cfg, lowres_median = lowres
+            ratio = math.prod(med_t) / math.prod(lowres_median)
+            if ratio < LOWRES_MIN_VOXEL_RATIO:
+                plans_why.append(f"3d_lowres dropped: the fullres median has only {ratio:.2f}x its voxels "
+                                 f"(< {LOWRES_MIN_VOXEL_RATIO:g})")
+                lowres = None
+    cascade = lowres is not None
+    configs["3d_fullres"] = _configuration(
+        "3d_fullres", "3d_fullres", sp_t, med_t, fit3d, norm, cascade, spacing_reason, fullres_why)
+    if lowres is None:
+        if coverage >= LOWRES_TRIGGER:
+            plans_why.append(f"no cascade: the fullres patch covers {coverage:.0%} >= "
+                             f"{LOWRES_TRIGGER:.0%} of the median image")
+        plans_why.append("3d_fullres for 3D data")
+    else:
+        lowres_cfg, lowres_median = lowres
+        lowres_cfg.next_stage = "3d_cascade_fullres"
+        configs["3d_lowres"] = lowres_cfg
+        cas = _cascade_from(configs["3d_fullres"], budget)
+        configs["3d_cascade_fullres"] = cas
+        plans_why.append(f"3d_fullres for 3D data; 3d_lowres + 3d_cascade_fullres because the fullres patch "
+                         f"covers {coverage:.0%} < {LOWRES_TRIGGER:.0%} of the median image")
+    return plans_why
 
 
 def _plan_lowres(
