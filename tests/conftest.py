@@ -73,3 +73,25 @@ def end_to_end_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name].end_to_end_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def planned_workspace(demo_task_3d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A planned workspace with a tiny two-channel 'trained' run (refusals.build_planned_workspace); read-only."""
+    from refusals import build_planned_workspace
+
+    return build_planned_workspace(demo_task_3d, tmp_path_factory.mktemp("planned") / "ws")
+
+
+@pytest.fixture
+def predict_scene(planned_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A private copy of the planned workspace and an empty prediction input folder; cwd is its root."""
+    import shutil
+
+    from refusals import Scene
+
+    scene = Scene(tmp_path.resolve())
+    shutil.copytree(planned_workspace, scene.ws)
+    scene.images.mkdir()
+    monkeypatch.chdir(scene.root)
+    return scene

@@ -117,17 +117,30 @@ def edit_json(path: Path, change: Callable[[dict], None]) -> None:
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
+def edit_nifti_header(path: Path, *edits: tuple[int, str, tuple[float, ...]]) -> None:
+    """Overwrite fields (byte offset, struct format, values) of a little-endian NIfTI-1 .nii.gz in
+    place, bypassing every writer."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    assert struct.unpack_from("<i", raw, 0)[0] == 348, "expected a little-endian NIfTI-1 header"
+    for offset, fmt, values in edits:
+        struct.pack_into("<" + fmt, raw, offset, *values)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
 def patch_nifti_pixdim(path: Path, axis: int, value: float) -> None:
-    """Overwrite pixdim[axis] (1 = x) of a little-endian NIfTI-1 .nii.gz in place, bypassing every writer.
+    """Overwrite pixdim[axis] (1 = x) of a NIfTI-1 .nii.gz.
 
     The sform is switched off (sform_code 0): it still holds the old voxel size, and a header
     whose two transforms disagree is refused for that reason before its spacing is looked at.
     """
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    assert struct.unpack_from("<i", raw, 0)[0] == 348, "expected a little-endian NIfTI-1 header"
-    struct.pack_into("<f", raw, 76 + 4 * axis, value)
-    struct.pack_into("<h", raw, 254, 0)
-    path.write_bytes(gzip.compress(bytes(raw)))
+    edit_nifti_header(path, (76 + 4 * axis, "f", (value,)), (254, "h", (0,)))
+
+
+def held_out_as_two_channels(scene: Scene) -> None:
+    """The prediction input folder with the held-out case as channels _0000 and _0001."""
+    scene.images.mkdir()
+    shutil.copyfile(scene.held_out_image(), scene.images / "demo_009_0000.nii.gz")
+    shutil.copyfile(scene.held_out_image(), scene.images / "demo_009_0001.nii.gz")
 
 
 def to_nnunet(scene: Scene, change: Callable[[Path], None] | None = None) -> Path:

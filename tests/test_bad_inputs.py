@@ -20,7 +20,8 @@ import pytest
 
 from autounet.io.images import read_image, read_label, write_image, write_label
 from refusals import (
-    NNUNET_TASK, TROUBLESHOOTING, Case, Expect, Scene, assert_refused, build_planned_workspace, edit_json,
+    NNUNET_TASK, TROUBLESHOOTING, Case, Expect, Scene, assert_refused, edit_json, edit_nifti_header,
+    held_out_as_two_channels,
     normalise, patch_nifti_pixdim, plan_and_preprocess_argv, predict_argv, run_failing_prediction, to_nnunet,
 )
 
@@ -194,9 +195,7 @@ def train_plans_patch_not_divisible(s: Scene) -> Expect:
 
 def predict_run_plans_patch_not_divisible(s: Scene) -> Expect:
     _bad_patch(s.run_plans, [15, 16, 16])
-    s.images.mkdir()
-    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
-    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0001.nii.gz")
+    held_out_as_two_channels(s)
     return Expect(predict_argv(s), (str(s.run_plans), "3d_fullres.patch_size", "not divisible"))
 
 
@@ -249,9 +248,7 @@ def predict_output_is_a_file(s: Scene) -> Expect:
 
 def predict_run_plans_negative_patch(s: Scene) -> Expect:
     _bad_patch(s.run_plans, [-16, 16, 16])
-    s.images.mkdir()
-    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
-    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0001.nii.gz")
+    held_out_as_two_channels(s)
     return Expect(predict_argv(s), (str(s.run_plans), "3d_fullres.patch_size", "within 1..4096"))
 
 
@@ -290,9 +287,7 @@ def label_shifted_origin(s: Scene) -> Expect:
 
 
 def zero_length_axis(s: Scene) -> Expect:
-    raw = bytearray(gzip.decompress(s.image().read_bytes()))
-    struct.pack_into("<h", raw, 42, 0)  # dim[1] = 0
-    s.image().write_bytes(gzip.compress(bytes(raw)))
+    edit_nifti_header(s.image(), (42, "h", (0,)))  # dim[1] = 0
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "axis 1 has length 0", "the image is empty"))
 
 
@@ -303,10 +298,8 @@ def image_is_a_device(s: Scene) -> Expect:
 
 
 def nan_in_header_offsets(s: Scene) -> Expect:
-    raw = bytearray(gzip.decompress(s.image().read_bytes()))
-    struct.pack_into("<h", raw, 252, 1)  # qform_code: scanner
-    struct.pack_into("<3f", raw, 268, float("nan"), 0.0, 0.0)  # qoffset_x..z
-    s.image().write_bytes(gzip.compress(bytes(raw)))
+    edit_nifti_header(s.image(), (252, "h", (1,)),  # qform_code: scanner
+                      (268, "3f", (float("nan"), 0.0, 0.0)))  # qoffset_x..z
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "qform (quatern_b..qoffset_z) in the header holds NaN"))
 
 
@@ -418,11 +411,6 @@ CASES: tuple[Case, ...] = (
 
 
 
-@pytest.fixture(scope="module")
-def planned_workspace(demo_task_3d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_planned_workspace(demo_task_3d, tmp_path_factory.mktemp("planned") / "ws")
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_in_one_line_naming_it(
     case: Case, request: pytest.FixtureRequest, demo_task_3d: Path, tmp_path: Path,
@@ -434,16 +422,6 @@ def test_bad_input_is_refused_in_one_line_naming_it(
 
 # ----------------------------------------------------------------------------------------------
 # prediction: a broken case fails alone (the others are still predicted), exit code 1
-
-
-@pytest.fixture
-def predict_scene(planned_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scene:
-    """A private copy of the planned workspace and an empty prediction input folder; cwd is its root."""
-    scene = Scene(tmp_path.resolve())
-    shutil.copytree(planned_workspace, scene.ws)
-    scene.images.mkdir()
-    monkeypatch.chdir(scene.root)
-    return scene
 
 
 def test_unreadable_case_at_prediction_names_case_and_file(

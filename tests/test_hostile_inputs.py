@@ -18,7 +18,7 @@ import gzip
 import json
 import os
 import shutil
-import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -26,31 +26,25 @@ import numpy as np
 import pytest
 import torch
 
+from autounet.cli import main
 from autounet.io.images import read_image, write_image
 from refusals import (
-    Case, Expect, Scene, assert_refused, build_planned_workspace, edit_json, plan_and_preprocess_argv, predict_argv,
-    run_failing_prediction,
+    Case, Expect, Scene, assert_refused, edit_json, edit_nifti_header, held_out_as_two_channels,
+    plan_and_preprocess_argv, predict_argv, run_failing_prediction,
 )
 
 TRAIN = ["train", "3d_fullres", "fold", "0", "--device", "cpu", "--workers", "0"]
 
 
-def _nifti_header_edit(path: Path, offset: int, fmt: str, *values: float) -> None:
-    """Overwrite header bytes of a little-endian NIfTI-1 .nii.gz in place, bypassing every writer."""
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    assert struct.unpack_from("<i", raw, 0)[0] == 348, "expected a little-endian NIfTI-1 header"
-    struct.pack_into("<" + fmt, raw, offset, *values)
-    path.write_bytes(gzip.compress(bytes(raw)))
-
-
-def _two_channel_inputs(s: Scene) -> None:
-    s.images.mkdir()
-    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0000.nii.gz")
-    shutil.copyfile(s.held_out_image(), s.images / "demo_009_0001.nii.gz")
-
-
 def _checkpoint(s: Scene) -> Path:
     return s.run_plans.parent / "fold_0" / "checkpoint_final.pt"
+
+
+def _edit_checkpoint(s: Scene, change: Callable[[dict], object]) -> None:
+    """Load the run's fold-0 checkpoint, let `change` alter its weights dict, save it back."""
+    state = torch.load(_checkpoint(s), weights_only=True)
+    change(state["network"])
+    torch.save(state, _checkpoint(s))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,42 +116,42 @@ def plans_misspelt_key(s: Scene) -> Expect:
 
 
 def nifti_vox_offset_beyond_file(s: Scene) -> Expect:
-    _nifti_header_edit(s.image(), 108, "f", 1e9)
+    edit_nifti_header(s.image(), (108, "f", (1e9,)))
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "truncated"))
 
 
 def nifti_nine_dimensions(s: Scene) -> Expect:
-    _nifti_header_edit(s.image(), 40, "h", 9)
+    edit_nifti_header(s.image(), (40, "h", (9,)))
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "invalid dimension count 9"))
 
 
 def nifti_rgb_voxels(s: Scene) -> Expect:
-    _nifti_header_edit(s.image(), 70, "2h", 128, 24)
+    edit_nifti_header(s.image(), (70, "2h", (128, 24)))
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "holds RGB colour voxels"))
 
 
 def nifti_unknown_datatype(s: Scene) -> Expect:
-    _nifti_header_edit(s.image(), 70, "h", 999)
+    edit_nifti_header(s.image(), (70, "h", (999,)))
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "datatype code 999 is unknown"))
 
 
 def nifti_bitpix_lies(s: Scene) -> Expect:
-    _nifti_header_edit(s.image(), 72, "h", 8)
+    edit_nifti_header(s.image(), (72, "h", (8,)))
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "bitpix 8", "does not match datatype"))
 
 
 def nifti_infinite_scaling(s: Scene) -> Expect:
-    _nifti_header_edit(s.image(), 112, "f", float("inf"))
+    edit_nifti_header(s.image(), (112, "f", (float("inf"),)))
     return Expect(plan_and_preprocess_argv(), (str(s.image()), "scl_slope inf", "not finite"))
 
 
 def label_scaled_to_fractions(s: Scene) -> Expect:
-    _nifti_header_edit(s.label(), 112, "2f", 0.5, 0.0)
+    edit_nifti_header(s.label(), (112, "2f", (0.5, 0.0)))
     return Expect(plan_and_preprocess_argv(), (str(s.label()), "non-integer values"))
 
 
 def label_shifted_by_intercept(s: Scene) -> Expect:
-    _nifti_header_edit(s.label(), 112, "2f", 1.0, 7.0)
+    edit_nifti_header(s.label(), (112, "2f", (1.0, 7.0)))
     return Expect(plan_and_preprocess_argv(), (str(s.label()), "label value(s) 7, 8, 9 are not declared"))
 
 
@@ -214,39 +208,34 @@ def no_foreground_anywhere(s: Scene) -> Expect:
 
 
 def checkpoint_nan_weights(s: Scene) -> Expect:
-    state = torch.load(_checkpoint(s), weights_only=True)
-    next(iter(state["network"].values())).fill_(float("nan"))
-    torch.save(state, _checkpoint(s))
-    _two_channel_inputs(s)
+    _edit_checkpoint(s, lambda weights: next(iter(weights.values())).fill_(float("nan")))
+    held_out_as_two_channels(s)
     return Expect(predict_argv(s), (str(_checkpoint(s)), "hold NaN/inf", "use another checkpoint or retrain"))
 
 
 def checkpoint_truncated(s: Scene) -> Expect:
     data = _checkpoint(s).read_bytes()
     _checkpoint(s).write_bytes(data[: len(data) // 2])
-    _two_channel_inputs(s)
+    held_out_as_two_channels(s)
     return Expect(predict_argv(s), (str(_checkpoint(s)), "not a loadable checkpoint"))
 
 
 def checkpoint_random_bytes(s: Scene) -> Expect:
     _checkpoint(s).write_bytes(np.random.default_rng(0).bytes(5000))
-    _two_channel_inputs(s)
+    held_out_as_two_channels(s)
     return Expect(predict_argv(s), (str(_checkpoint(s)), "refused"))
 
 
 def checkpoint_weights_of_another_network(s: Scene) -> Expect:
-    state = torch.load(_checkpoint(s), weights_only=True)
-    key = next(iter(state["network"]))
-    state["network"][key] = torch.zeros(3, 3)
-    torch.save(state, _checkpoint(s))
-    _two_channel_inputs(s)
+    _edit_checkpoint(s, lambda weights: weights.__setitem__(next(iter(weights)), torch.zeros(3, 3)))
+    held_out_as_two_channels(s)
     return Expect(predict_argv(s), (str(_checkpoint(s)), "weights do not fit network"))
 
 
 def run_plans_nan_spacing(s: Scene) -> Expect:
     text = s.run_plans.read_text(encoding="utf-8")
     s.run_plans.write_text(text.replace('"spacing": [', '"spacing": [NaN, ', 1), encoding="utf-8")
-    _two_channel_inputs(s)
+    held_out_as_two_channels(s)
     return Expect(predict_argv(s), (str(s.run_plans), "'NaN' is not a JSON number"))
 
 
@@ -285,11 +274,6 @@ CASES: tuple[Case, ...] = (
 )
 
 
-@pytest.fixture(scope="module")
-def planned_workspace(demo_task_3d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_planned_workspace(demo_task_3d, tmp_path_factory.mktemp("planned") / "ws")
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input_is_refused_in_one_line_naming_it(
     case: Case, request: pytest.FixtureRequest, demo_task_3d: Path, tmp_path: Path,
@@ -301,15 +285,6 @@ def test_hostile_input_is_refused_in_one_line_naming_it(
 
 # ----------------------------------------------------------------------------------------------
 # prediction inputs the model cannot answer for: that case fails, by name; nothing is written for it
-
-
-@pytest.fixture
-def predict_scene(planned_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scene:
-    scene = Scene(tmp_path.resolve())
-    shutil.copytree(planned_workspace, scene.ws)
-    scene.images.mkdir()
-    monkeypatch.chdir(scene.root)
-    return scene
 
 
 def test_2d_image_given_to_a_3d_model_is_refused(predict_scene: Scene, capsys: pytest.CaptureFixture[str]) -> None:
@@ -349,8 +324,6 @@ def test_qform_sform_choice_is_applied_at_prediction(predict_scene: Scene, capsy
         out.set_sform(sform, code=2)
         nib.save(out, predict_scene.images / f"demo_009_000{channel}.nii.gz")
     argv = [*predict_argv(predict_scene), "--workspace", str(predict_scene.ws)]
-    from autounet.cli import main
-
     assert main(argv) == 1
     assert "the qform and the sform of the NIfTI header disagree" in capsys.readouterr().err
     shutil.rmtree(predict_scene.predictions)
