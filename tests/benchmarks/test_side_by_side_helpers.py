@@ -113,3 +113,52 @@ def test_real_ct_task_has_consecutive_labels_and_six_cases(shared_data_dir: Path
         assert label.GetSize() == image.GetSize() and label.GetSpacing() == image.GetSpacing()
         found |= set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
     assert found == set(range(41))
+
+
+def test_learning_task_relabels_the_largest_structures_consecutively() -> None:
+    """Kept values become 1..k by size; every other label, however large its id, becomes background."""
+    import numpy as np
+
+    import learning_task
+
+    label = np.array([0, 7, 7, 7, 3, 3, 117, 117, 117, 117, 2])
+    kept = learning_task.largest_labels(label, 2)
+    assert kept == [117, 7]
+    assert learning_task.relabel(label, kept).tolist() == [0, 2, 2, 2, 0, 0, 1, 1, 1, 1, 0]
+
+
+def test_learning_task_case_keeps_geometry_and_moves_anatomy(shared_data_dir: Path, tmp_path: Path) -> None:
+    """A drawn case: image and label on one cropped grid, the crop's origin where the draw put it,
+    and a rotation that actually moves the structures (not a plain crop of the source)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    import learning_task
+
+    out = tmp_path / "Task71_Ct"
+    kept = learning_task.write_task(shared_data_dir, out, source="ct", cases=3, classes=3)
+    assert len(kept) == 3
+    source = sitk.ReadImage(str(shared_data_dir / "totalsegmentator-reference" / "example_ct_sm.nii.gz"))
+    for i in range(3):
+        image = sitk.ReadImage(str(out / "imagesTr" / f"case_{i:03d}.nii.gz"))
+        label = sitk.ReadImage(str(out / "labelsTr" / f"case_{i:03d}.nii.gz"))
+        assert image.GetSize() == label.GetSize() and image.GetOrigin() == label.GetOrigin()
+        assert all(0.74 * s <= c <= 0.91 * s for c, s in zip(image.GetSize(), source.GetSize()))
+        assert set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) <= {0, 1, 2, 3}
+        assert image.GetPixelID() == sitk.sitkInt16  # CT stays integer Hounsfield units
+    # the same draw without rotation, scale or noise is an exact crop of the source
+    draw = learning_task.CaseDraw(rotation_deg=0.0, scale=1.0, crop_fraction=(0.5, 0.5, 0.5),
+                                  crop_offset=(1.0, 0.0, 0.5), intensity_scale=1.0, noise_std=0.0)
+    flat = sitk.Cast(source, sitk.sitkFloat32)
+    image, _ = learning_task.make_case(flat, sitk.Cast(source > 0, sitk.sitkUInt8), draw, "CT",
+                                       np.random.default_rng(0))
+    size = np.array(source.GetSize())
+    start = np.floor((size - np.round(size * 0.5)) * np.array([1.0, 0.0, 0.5])).astype(int)
+    crop = sitk.GetArrayFromImage(source)[start[2]:start[2] + image.GetSize()[2],
+                                          start[1]:start[1] + image.GetSize()[1],
+                                          start[0]:start[0] + image.GetSize()[0]]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), crop, atol=0.5)
+    rotated = learning_task.CaseDraw(**{**draw.__dict__, "rotation_deg": 10.0})
+    moved, _ = learning_task.make_case(flat, sitk.Cast(source > 0, sitk.sitkUInt8), rotated, "CT",
+                                       np.random.default_rng(0))
+    assert np.abs(sitk.GetArrayFromImage(moved) - crop).mean() > 10
