@@ -108,16 +108,36 @@ def test_feature_map_size_equals_what_the_convs_produce(architecture: str, block
 
 
 @pytest.mark.parametrize("architecture", list(NETWORKS))
+@pytest.mark.parametrize("blocks", [[], ["se", "attention_gate"]])
 @pytest.mark.parametrize(("dims", "patch"), [(3, [16, 16, 16]), (2, [32, 32])])
-def test_feature_map_size_matches_the_planner_memory_model(architecture: str, dims: int, patch: list[int],
-                                                          make_plan: PlanFactory) -> None:
-    memory = pytest.importorskip("autounet.planners.memory",
-                                 reason="planners.memory (feature_map_voxels) is not written yet")
-    if not hasattr(memory, "feature_map_voxels"):
-        pytest.skip("planners.memory has no feature_map_voxels yet")
-    plan = make_plan(architecture, dims, anisotropic=True)
+def test_the_planner_memory_model_reads_the_network_own_feature_maps(architecture: str, blocks: list[str],
+                                                                    dims: int, patch: list[int],
+                                                                    make_plan: PlanFactory) -> None:
+    """The planner asks the blocks (built shape-only) instead of modelling the U-Net again: same
+    maps as the real network, the same proxy, and parameters that sum to the network's own."""
+    from autounet.planners import memory
+
+    plan = make_plan(architecture, dims, anisotropic=True, blocks=blocks)
     model = build(plan, in_channels=2, num_classes=3, deep_supervision=True)
+    assert memory.network_feature_maps(plan, patch, 2, 3) == model.feature_maps(patch)
     assert model.feature_map_size(patch) == memory.feature_map_voxels(plan, patch, 2, 3)
+    assert memory.parameter_count(plan, 2, 3) == model.num_parameters()
+
+
+def test_the_feature_maps_name_every_tensor_a_stage_keeps(make_plan: PlanFactory) -> None:
+    """Hand-counted maps of a 2-stage residual network at 8x8: stem, residual blocks (with the
+    pooled shortcut and projection of the strided one), then the decoder stage."""
+    from autounet.networks.description import NetworkPlan
+
+    plan = NetworkPlan("resenc_unet", [4, 8], [[3, 3], [3, 3]], [[1, 1], [2, 2]], [1, 1], [1])
+    maps = [(m.kind, m.channels, m.voxels) for m in build(plan, in_channels=1, num_classes=2).feature_maps([8, 8])]
+    assert maps == [
+        ("conv_block", 4, 64),  # stem
+        ("conv_block", 4, 64), ("conv_block", 4, 64), ("residual_sum", 4, 64),  # stage 0: identity shortcut
+        ("conv_block", 8, 16), ("conv_block", 8, 16),  # stage 1, strided
+        ("pool", 4, 16), ("projection", 8, 16), ("residual_sum", 8, 16),
+        ("transposed_conv", 4, 64), ("concat", 8, 64), ("conv_block", 4, 64), ("head", 2, 64),
+    ]
 
 
 @pytest.mark.parametrize("architecture", list(NETWORKS))

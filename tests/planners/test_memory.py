@@ -76,3 +76,48 @@ def test_max_batch_size_is_exact() -> None:
 def test_dimension_mismatch_is_rejected() -> None:
     with pytest.raises(PlansError, match="3 axes"):
         feature_map_voxels(tiny(), [8, 8, 8], 1, 3)
+
+
+def test_the_residual_parameter_count_is_the_built_network_s() -> None:
+    # stem 1->32 (288 + 32 + 64), two 32->32 convs (2 x (9216 + 96)), stage 1: 32->64 (18432 + 192),
+    # 64->64 (36864 + 192), pooled 1x1 projection 32->64 (2048 + 192); transposed 64*32*4 + 32,
+    # one decoder conv 64->32 (18432 + 96), head 32*3 + 3
+    net = tiny("resenc_unet", [1, 1], [1])
+    expected = 384 + 2 * 9312 + 18624 + 37056 + 2240 + 8224 + 18528 + 99
+    assert parameter_count(net, 1, 3) == expected
+
+
+def test_a_network_that_does_not_report_its_feature_maps_has_no_memory_model() -> None:
+    from torch import nn
+
+    from autounet.networks.registry import _REGISTRY, register_network
+
+    class Opaque(nn.Module):
+        def __init__(self, network_plan: NetworkPlan, in_channels: int, num_classes: int,
+                     deep_supervision: bool = True) -> None:
+            super().__init__()
+            self.deep_supervision = deep_supervision
+            self.conv = nn.Conv2d(in_channels, num_classes, 1)
+
+    register_network("opaque_test_net")(Opaque)
+    try:
+        net = NetworkPlan(architecture="opaque_test_net", features_per_stage=[8], kernel_sizes=[[3, 3]],
+                          strides=[[1, 1]], n_conv_encoder=[1], n_conv_decoder=[])
+        with pytest.raises(PlansError, match="'opaque_test_net' does not report its feature maps"):
+            estimate_training_memory_bytes(net, [8, 8], 2, 1, 3)
+    finally:
+        del _REGISTRY["opaque_test_net"]
+
+
+def test_planning_leaves_torch_random_state_alone() -> None:
+    """The planner builds networks shape-only; that must not draw from the caller's random stream."""
+    import torch
+
+    from autounet.planners import memory
+
+    memory._shape_only_network.cache_clear()  # so that the network is really built here
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    estimate_training_memory_bytes(tiny("plain_unet", [3, 1], [1]), [8, 8], 2, 1, 3)
+    assert torch.equal(torch.rand(4), expected)

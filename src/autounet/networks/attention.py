@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from autounet.errors import PlansError
-from autounet.networks.blocks import as_tuple, dims_of
+from autounet.networks.blocks import as_tuple, dims_of, parameter_count
+from autounet.networks.feature_maps import GATE_CONV, GATED, FeatureMap, proxy_size
 
 SE = "se"
 ATTENTION_GATE = "attention_gate"
@@ -60,9 +61,14 @@ class SqueezeExcitation(nn.Module):
         weights = torch.sigmoid(self.excite(F.relu(self.squeeze(pooled))))
         return x * weights
 
+    def feature_maps(self, input_size: Sequence[int]) -> list[FeatureMap]:
+        """Both 1x1 convs act on the pooled single voxel; the scaled features are full size."""
+        return [FeatureMap(GATE_CONV, self.hidden, 1, parameter_count(self.squeeze)),
+                FeatureMap(GATE_CONV, self.channels, 1, parameter_count(self.excite)),
+                FeatureMap(GATED, self.channels, prod(input_size))]
+
     def feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Both 1x1 convs act on the pooled single voxel."""
-        return self.hidden + self.channels
+        return proxy_size(self.feature_maps(input_size))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.hidden}"
@@ -93,9 +99,20 @@ class AttentionGate(nn.Module):
         alpha = F.interpolate(alpha, size=skip.shape[2:], mode=self.mode, align_corners=False)
         return skip * alpha
 
+    def feature_maps(self, gating_size: Sequence[int], skip_size: Sequence[int] | None = None) -> list[FeatureMap]:
+        """theta and phi (inter channels) and psi (1 channel), all at the gating resolution, then
+        the coefficient upsampled to and the skip scaled on the skip's grid."""
+        voxels = prod(gating_size)
+        skip_voxels = prod(skip_size) if skip_size is not None else prod(g * s for g, s in zip(gating_size, self.stride))
+        return [FeatureMap(GATE_CONV, self.inter_channels, voxels, parameter_count(self.theta_skip)),
+                FeatureMap(GATE_CONV, self.inter_channels, voxels, parameter_count(self.phi_gating)),
+                FeatureMap(GATE_CONV, 1, voxels, parameter_count(self.psi)),
+                FeatureMap(GATED, 1, skip_voxels),
+                FeatureMap(GATED, self.theta_skip.in_channels, skip_voxels)]
+
     def feature_map_size(self, gating_size: Sequence[int]) -> int:
         """theta and phi (inter channels) and psi (1 channel), all at the gating resolution."""
-        return (2 * self.inter_channels + 1) * prod(gating_size)
+        return proxy_size(self.feature_maps(gating_size))
 
     def extra_repr(self) -> str:
         return f"inter_channels={self.inter_channels}, stride={list(self.stride)}"

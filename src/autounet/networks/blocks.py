@@ -3,8 +3,9 @@
 One code path builds 2D and 3D networks because every block receives its convolution,
 normalisation and activation *classes* (e.g. `nn.Conv3d`, `nn.InstanceNorm3d`) rather than
 hard-coding them. Every block also reports the size of the feature maps it produces
-(`feature_map_size`), which is the quantity the planner's memory model estimates; keeping
-the accounting next to the layers that create the activations keeps the two in step.
+(`feature_maps`: kind, channels, voxels, parameters of every tensor it produces), which is
+what the planner's memory model prices in bytes; keeping the accounting next to the layers
+that create the activations keeps the two in step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from autounet.networks.feature_maps import CONV_BLOCK, FeatureMap, proxy_size
 
 SpatialSize = tuple[int, ...]
 IntOrSeq = int | Sequence[int]
@@ -40,6 +43,11 @@ _AVG_POOL: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn
 DEFAULT_NORM_KWARGS: dict[str, Any] = {"eps": 1e-5, "affine": True}
 #: Keyword arguments of the default activation (torch's default LeakyReLU slope).
 DEFAULT_NONLIN_KWARGS: dict[str, Any] = {"negative_slope": 0.01, "inplace": True}
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Parameters of `module` (its submodules included); works on shape-only (meta) modules too."""
+    return sum(p.numel() for p in module.parameters())
 
 
 def ops_for_dims(dims: int) -> NetworkOps:
@@ -126,6 +134,9 @@ class ConvNormAct(nn.Module):
     def output_size(self, input_size: Sequence[int]) -> SpatialSize:
         return conv_output_size(input_size, self.kernel_size, self.stride, self.padding)
 
+    def feature_maps(self, input_size: Sequence[int], kind: str = CONV_BLOCK) -> list[FeatureMap]:
+        return [FeatureMap(kind, self.out_channels, prod(self.output_size(input_size)), parameter_count(self))]
+
     def feature_map_size(self, input_size: Sequence[int]) -> int:
         """Output channels x output voxels of the convolution (norm/act not counted)."""
         return self.out_channels * prod(self.output_size(input_size))
@@ -138,7 +149,7 @@ class ConvNormAct(nn.Module):
 
 
 class SizedSequential(nn.Sequential):
-    """A sequence of blocks that each report `output_size` and `feature_map_size`; sizes chain."""
+    """A sequence of blocks that each report `output_size` and `feature_maps`; sizes chain."""
 
     def output_size(self, input_size: Sequence[int]) -> SpatialSize:
         size = tuple(input_size)
@@ -146,12 +157,16 @@ class SizedSequential(nn.Sequential):
             size = block.output_size(size)
         return size
 
-    def feature_map_size(self, input_size: Sequence[int]) -> int:
-        total, size = 0, tuple(input_size)
+    def feature_maps(self, input_size: Sequence[int]) -> list[FeatureMap]:
+        maps: list[FeatureMap] = []
+        size = tuple(input_size)
         for block in self:
-            total += block.feature_map_size(size)
+            maps += block.feature_maps(size)
             size = block.output_size(size)
-        return total
+        return maps
+
+    def feature_map_size(self, input_size: Sequence[int]) -> int:
+        return proxy_size(self.feature_maps(input_size))
 
 
 class StackedConvs(SizedSequential):

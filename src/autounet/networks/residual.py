@@ -8,6 +8,7 @@ the plain decoder with `n_conv_decoder` convs (1 per stage for this preset).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import prod
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from autounet.networks.blocks import (
     dims_of,
     format_axes,
 )
+from autounet.networks.feature_maps import POOL, PROJECTION, RESIDUAL_SUM, FeatureMap, proxy_size
 from autounet.networks.unet import UNetBase, UNetEncoder
 from autounet.networks.description import NetworkPlan
 
@@ -69,13 +71,22 @@ class ResidualBlock(nn.Module):
         return (f"ResidualBlock({c.in_channels}->{self.out_channels}, k={format_axes(c.kernel_size)}, "
                 f"s={format_axes(c.stride)}, {type(c.norm).__name__}, shortcut={shortcut})")
 
+    def feature_maps(self, input_size: Sequence[int]) -> list[FeatureMap]:
+        """conv1, conv2, the shortcut (pooled input and projection, when present) and the sum,
+        all at the output resolution."""
+        out = self.output_size(input_size)
+        maps = self.conv1.feature_maps(input_size) + self.conv2.feature_maps(out)
+        if self.projects:
+            layers = list(self.shortcut)
+            if len(layers) == 2:
+                maps.append(FeatureMap(POOL, self.conv1.in_channels, prod(out)))
+            maps += layers[-1].feature_maps(out, kind=PROJECTION)
+        maps.append(FeatureMap(RESIDUAL_SUM, self.out_channels, prod(out)))
+        return maps
+
     def feature_map_size(self, input_size: Sequence[int]) -> int:
         """conv1, conv2 and (when present) the projection conv, all at the output resolution."""
-        out = self.output_size(input_size)
-        total = self.conv1.feature_map_size(input_size) + self.conv2.feature_map_size(out)
-        if self.projects:
-            total += self.conv2.feature_map_size(out)
-        return total
+        return proxy_size(self.feature_maps(input_size))
 
 
 class ResidualStage(SizedSequential):

@@ -27,7 +27,9 @@ from autounet.networks.blocks import (
     StackedConvs,
     format_axes,
     ops_for_dims,
+    parameter_count,
 )
+from autounet.networks.feature_maps import CONCAT, HEAD, TRANSPOSED_CONV, FeatureMap, proxy_size
 from autounet.networks.init import initialize_network
 from autounet.networks.description import NetworkPlan
 
@@ -66,18 +68,21 @@ class UNetEncoder(nn.Module):
             sizes.append(size)
         return sizes
 
-    def feature_map_size(self, input_size: Sequence[int]) -> int:
-        total = 0
+    def feature_maps(self, input_size: Sequence[int]) -> list[FeatureMap]:
+        maps: list[FeatureMap] = []
         size = tuple(input_size)
         if self.stem is not None:
-            total += self.stem.feature_map_size(size)
+            maps += self.stem.feature_maps(size)
             size = self.stem.output_size(size)
         for s, stage in enumerate(self.stages):
-            total += stage.feature_map_size(size)
+            maps += stage.feature_maps(size)
             size = stage.output_size(size)
             if self.se is not None:
-                total += self.se[s].feature_map_size(size)
-        return total
+                maps += self.se[s].feature_maps(size)
+        return maps
+
+    def feature_map_size(self, input_size: Sequence[int]) -> int:
+        return proxy_size(self.feature_maps(input_size))
 
 
 class UNetDecoder(nn.Module):
@@ -123,20 +128,26 @@ class UNetDecoder(nn.Module):
                 outputs.append(self.heads[i](x))
         return outputs[::-1]
 
+    def feature_maps(self, skip_sizes: Sequence[SpatialSize], deep_supervision: bool) -> list[FeatureMap]:
+        """Per stage, bottleneck upwards: transposed conv, gate, concatenation, convs and the head
+        when it runs, given the encoder's output sizes."""
+        if not self.convs:
+            return [FeatureMap(HEAD, self.num_classes, prod(skip_sizes[0]), parameter_count(self.heads[0]))]
+        maps: list[FeatureMap] = []
+        for i in reversed(range(len(self.convs))):
+            voxels = prod(skip_sizes[i])
+            maps.append(FeatureMap(TRANSPOSED_CONV, self.channels[i], voxels, parameter_count(self.upsample[i])))
+            if self.gates is not None:
+                maps += self.gates[i].feature_maps(skip_sizes[i + 1], skip_sizes[i])
+            maps.append(FeatureMap(CONCAT, 2 * self.channels[i], voxels))
+            maps += self.convs[i].feature_maps(skip_sizes[i])
+            if deep_supervision or i == 0:
+                maps.append(FeatureMap(HEAD, self.num_classes, voxels, parameter_count(self.heads[i])))
+        return maps
+
     def feature_map_size(self, skip_sizes: Sequence[SpatialSize], deep_supervision: bool) -> int:
         """Transposed convs, gates, convs and the heads that run, given the encoder's output sizes."""
-        if not self.convs:
-            return self.num_classes * prod(skip_sizes[0])
-        total = 0
-        for i, convs in enumerate(self.convs):
-            voxels = prod(skip_sizes[i])
-            total += self.channels[i] * voxels  # transposed conv output, on the skip's grid
-            if self.gates is not None:
-                total += self.gates[i].feature_map_size(skip_sizes[i + 1])
-            total += convs.feature_map_size(skip_sizes[i])
-            if deep_supervision or i == 0:
-                total += self.num_classes * voxels
-        return total
+        return proxy_size(self.feature_maps(skip_sizes, deep_supervision))
 
 
 class UNetBase(nn.Module):
@@ -148,7 +159,7 @@ class UNetBase(nn.Module):
                  deep_supervision: bool = True) -> None:
         super().__init__()
         # Drawn from torch's global RNG so that torch.manual_seed(...) fixes the initial weights.
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
         network_plan.validate("network")
         blocks = validate_blocks(network_plan.blocks)
         if any(v != 1 for v in network_plan.strides[0]):
@@ -165,8 +176,9 @@ class UNetBase(nn.Module):
         self.decoder = UNetDecoder(network_plan.features_per_stage, network_plan.strides,
                                    network_plan.kernel_sizes, network_plan.n_conv_decoder, num_classes, ops,
                                    attention_gate=ATTENTION_GATE in blocks)
-        initialize_network(self, seed, deferred=(SqueezeExcitation, AttentionGate))
-        self._after_init()
+        if not any(p.is_meta for p in self.parameters()):  # a shape-only network has nothing to draw
+            initialize_network(self, seed, deferred=(SqueezeExcitation, AttentionGate))
+            self._after_init()
 
     def _build_encoder(self, plan: NetworkPlan, in_channels: int, ops: NetworkOps, se: bool) -> UNetEncoder:
         raise NotImplementedError
@@ -188,15 +200,18 @@ class UNetBase(nn.Module):
             raise ValueError(f"{type(self).__name__}: input spatial size {tuple(x.shape[2:])} is not divisible "
                              f"by the total stride {self.total_stride} on axes {bad}; pad the input")
 
-    def feature_map_size(self, patch_size: Sequence[int]) -> int:
-        """Sum over every conv, transposed conv and running seg head of channels x voxels, one sample.
-
-        This is the planner's memory proxy (`planners.memory.feature_map_voxels`).
-        """
+    def feature_maps(self, patch_size: Sequence[int]) -> list[FeatureMap]:
+        """Every tensor a forward pass produces for one sample, in execution order (what the
+        planner's memory model prices; with deep supervision on, every head runs)."""
         if len(patch_size) != self.dims:
             raise ValueError(f"patch_size needs {self.dims} entries, got {list(patch_size)}")
         sizes = self.encoder.output_sizes(patch_size)
-        return self.encoder.feature_map_size(patch_size) + self.decoder.feature_map_size(sizes, self.deep_supervision)
+        return self.encoder.feature_maps(patch_size) + self.decoder.feature_maps(sizes, self.deep_supervision)
+
+    def feature_map_size(self, patch_size: Sequence[int]) -> int:
+        """Sum over every conv, transposed conv and running seg head of channels x voxels, one sample
+        (the anchor's unit-less memory proxy)."""
+        return proxy_size(self.feature_maps(patch_size))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

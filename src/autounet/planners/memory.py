@@ -1,16 +1,21 @@
 """Peak training memory of a planned network, in bytes.
 
+The network itself says what it produces: the planner builds it shape-only and asks its
+blocks for their feature maps (`network_feature_maps`); this module only prices them.
+
 The anchor sizes patches with a unit-less feature-map sum scaled by hand-tuned constants.
 We keep that sum (`feature_map_voxels`, what a network's `feature_map_size` reports) but
 plan against a byte model of what a training step actually holds at its peak - the start
 of the backward pass, when every activation saved in the forward pass is alive:
 
-* per conv block (conv -> InstanceNorm -> LeakyReLU in place): the conv output (kept by the
+* per conv block (conv -> InstanceNorm -> LeakyReLU in place; projections alike): the conv output (kept by the
   norm for its backward) and the norm output (overwritten in place by the nonlinearity and
   kept as the next conv's input): 2 tensors. Under autocast both are fp16 (2 bytes);
 * decoder stages keep the concatenation of upsampled and skip features (2F channels); the
   transposed conv output itself is consumed by the concatenation and freed;
-* residual blocks keep additionally the residual sum (the in-place ReLU reuses it);
+* residual blocks keep additionally the residual sum (the in-place ReLU reuses it) and, when
+  strided, the average-pooled input of their projection; SE and attention gates keep their
+  small conv outputs and the gated features;
 * every segmentation head keeps its logits; the loss (computed in fp32 even under autocast)
   keeps a fp32 cast of the logits, the softmax and the log-softmax plus a one-hot target;
 * the input batch (fp32, plus its fp16 cast kept by the first conv) and the targets;
@@ -26,12 +31,20 @@ safety figures, which are allowances to be calibrated by the memory benchmark.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from autounet.errors import PlansError
-from autounet.planners.plans import NetworkPlan
+from autounet.networks import feature_maps as kinds
+from autounet.networks.description import NetworkPlan
+from autounet.networks.feature_maps import FeatureMap
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MIB = 1024**2
 
@@ -69,20 +82,6 @@ DEFAULT_CONSTANTS = MemoryConstants()
 
 
 @dataclass(frozen=True)
-class Layer:
-    """One module output of the network for one sample: what it is, channels, voxels, parameters."""
-
-    kind: str  # conv | transposed_conv | head | projection | concat | residual_sum
-    channels: int
-    voxels: int
-    parameters: int
-
-    @property
-    def elements(self) -> int:
-        return self.channels * self.voxels
-
-
-@dataclass(frozen=True)
 class MemoryBreakdown:
     """Peak training memory split by cause, in bytes (whole batch)."""
 
@@ -104,79 +103,56 @@ class MemoryBreakdown:
         return self.allocated + self.context
 
 
-def _conv_params(cin: int, cout: int, kernel: Sequence[int]) -> int:
-    """Conv weight + bias + affine InstanceNorm."""
-    return cin * cout * math.prod(kernel) + cout + 2 * cout
+#: Activation tensors each kind of feature map keeps alive at the start of the backward pass.
+#: A transposed conv's output is consumed by the concatenation, which keeps the joined tensor.
+_TENSORS_KEPT = {
+    kinds.CONCAT: 1, kinds.RESIDUAL_SUM: 1, kinds.HEAD: 1, kinds.POOL: 1, kinds.GATE_CONV: 1,
+    kinds.GATED: 1, kinds.TRANSPOSED_CONV: 0,
+}
 
 
-def network_layers(network_plan: NetworkPlan, patch_size: Sequence[int], in_channels: int,
-                   num_classes: int) -> list[Layer]:
-    """Every module output of the U-Net described by `network_plan`, for one sample.
+@functools.lru_cache(maxsize=64)
+def _shape_only_network(plan_key: str, in_channels: int, num_classes: int) -> "nn.Module":
+    """The planned network built on the meta device: its modules and parameter shapes, no storage."""
+    # Imported here: torch costs seconds to import, and every preprocessing worker imports this module.
+    import torch
 
-    Plain U-Net: `n_conv_encoder[s]` conv blocks per encoder stage (the first strided), then
-    per decoder stage (bottleneck upwards) a transposed conv, the concatenation with the skip,
-    `n_conv_decoder[i]` conv blocks and a 1x1 segmentation head. resenc_unet: encoder stages
-    hold `n_conv_encoder[s]` residual blocks of two convs; the first block of a stage adds a
-    1x1 projection on the skip path when stride or channel count changes.
+    from autounet.networks.registry import build_network
+
+    plan = NetworkPlan(**json.loads(plan_key))
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_network(plan.architecture, plan, in_channels, num_classes, deep_supervision=True)
+
+
+def network_feature_maps(network_plan: NetworkPlan, patch_size: Sequence[int], in_channels: int,
+                         num_classes: int) -> list[FeatureMap]:
+    """Every tensor one training sample produces, as the network's own blocks report it.
+
+    The network is built shape-only (on the meta device, cached per topology) with deep
+    supervision on, as in training; its `feature_maps(patch)` lists each block's outputs with
+    the parameters that produced them, so this model never describes the U-Net a second time.
     """
     dims = len(patch_size)
     if network_plan.dims != dims:
         raise PlansError(f"patch_size {list(patch_size)} has {dims} axes but the network is {network_plan.dims}D")
-    if network_plan.architecture not in ("plain_unet", "resenc_unet"):
-        raise PlansError(f"architecture '{network_plan.architecture}' has no memory model; "
-                         "use plain_unet or resenc_unet")
-    shapes: list[list[int]] = []
-    shape = [int(p) for p in patch_size]
-    for stride in network_plan.strides:
-        shape = [math.ceil(s / st) for s, st in zip(shape, stride)]
-        shapes.append(shape)
-    voxels = [math.prod(s) for s in shapes]
-    feats = network_plan.features_per_stage
-    n = network_plan.n_stages
-    layers: list[Layer] = []
-    cin = in_channels
-    for s in range(n):
-        f, v, k = feats[s], voxels[s], network_plan.kernel_sizes[s]
-        if network_plan.architecture == "plain_unet":
-            for _ in range(network_plan.n_conv_encoder[s]):
-                layers.append(Layer("conv", f, v, _conv_params(cin, f, k)))
-                cin = f
-        else:
-            for b in range(network_plan.n_conv_encoder[s]):
-                layers.append(Layer("conv", f, v, _conv_params(cin, f, k)))
-                layers.append(Layer("conv", f, v, _conv_params(f, f, k)))
-                if b == 0 and (cin != f or any(st != 1 for st in network_plan.strides[s])):
-                    layers.append(Layer("projection", f, v, _conv_params(cin, f, [1] * dims)))
-                layers.append(Layer("residual_sum", f, v, 0))
-                cin = f
-    for i, s in enumerate(range(n - 2, -1, -1)):
-        f, v, k = feats[s], voxels[s], network_plan.kernel_sizes[s]
-        stride = network_plan.strides[s + 1]
-        layers.append(Layer("transposed_conv", f, v, feats[s + 1] * f * math.prod(stride) + f))
-        layers.append(Layer("concat", 2 * f, v, 0))
-        cin = 2 * f
-        for _ in range(network_plan.n_conv_decoder[i]):
-            layers.append(Layer("conv", f, v, _conv_params(cin, f, k)))
-            cin = f
-        layers.append(Layer("head", num_classes, v, f * num_classes + num_classes))
-    return layers
+    network = _shape_only_network(json.dumps(asdict(network_plan), sort_keys=True), in_channels, num_classes)
+    report = getattr(network, "feature_maps", None)
+    if report is None:
+        raise PlansError(f"architecture '{network_plan.architecture}' does not report its feature maps, so it has "
+                         "no memory model; use plain_unet or resenc_unet, or give the class a feature_maps(patch)")
+    return list(report([int(p) for p in patch_size]))
 
 
 def feature_map_voxels(network_plan: NetworkPlan, patch_size: Sequence[int], in_channels: int,
                        num_classes: int) -> int:
-    """Sum of output channels x output voxels over every conv, transposed conv and head (one sample).
-
-    The anchor's unit-less size proxy; a network's `feature_map_size(patch)` must report the same.
-    """
-    counted = ("conv", "transposed_conv", "head", "projection")
-    return sum(layer.elements for layer in network_layers(network_plan, patch_size, in_channels, num_classes)
-               if layer.kind in counted)
+    """Sum of output channels x output voxels over every convolution (one sample): the anchor's proxy."""
+    return kinds.proxy_size(network_feature_maps(network_plan, patch_size, in_channels, num_classes))
 
 
 def parameter_count(network_plan: NetworkPlan, in_channels: int, num_classes: int) -> int:
     """Trainable parameters (weights, biases, norm affines); independent of the patch size."""
     patch = [math.prod(s[a] for s in network_plan.strides) for a in range(network_plan.dims)]
-    return sum(layer.parameters for layer in network_layers(network_plan, patch, in_channels, num_classes))
+    return sum(m.parameters for m in network_feature_maps(network_plan, patch, in_channels, num_classes))
 
 
 def estimate_training_memory(
@@ -192,24 +168,23 @@ def estimate_training_memory(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     c = constants
-    layers = network_layers(network_plan, patch_size, in_channels, num_classes)
+    maps = network_feature_maps(network_plan, patch_size, in_channels, num_classes)
     e = c.amp_activation_bytes if mixed_precision else c.fp32_activation_bytes
+    convs = (kinds.CONV_BLOCK, kinds.PROJECTION)
     act = 0
     loss = 0
-    for layer in layers:
-        if layer.kind in ("conv", "projection"):
-            act += c.tensors_per_conv_block * layer.elements * e
-        elif layer.kind in ("concat", "residual_sum", "head"):
-            act += layer.elements * e
-        if layer.kind == "head":
-            loss += layer.elements * c.loss_bytes_per_logit + layer.voxels * c.target_bytes_per_voxel
+    for fmap in maps:
+        kept = c.tensors_per_conv_block if fmap.kind in convs else _TENSORS_KEPT[fmap.kind]
+        act += kept * fmap.elements * e
+        if fmap.kind == kinds.HEAD:
+            loss += fmap.elements * c.loss_bytes_per_logit + fmap.voxels * c.target_bytes_per_voxel
     input_voxels = math.prod(int(p) for p in patch_size)
     per_input = c.input_bytes + (c.amp_input_cast_bytes if mixed_precision else 0)
     inputs = in_channels * input_voxels * per_input
-    largest = max(layer.elements for layer in layers if layer.kind in ("conv", "projection"))
+    largest = max((m.elements for m in maps if m.kind in convs), default=0)
     transient = c.backward_transient_tensors * largest * e
     per_param = c.fp32_bytes_per_parameter + (c.amp_extra_bytes_per_parameter if mixed_precision else 0)
-    params = sum(layer.parameters for layer in layers) * per_param
+    params = sum(m.parameters for m in maps) * per_param
     return MemoryBreakdown(
         activations=act * batch_size,
         loss=loss * batch_size,
