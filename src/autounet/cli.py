@@ -12,14 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from autounet import __version__
+from autounet.commands import handlers as h
 from autounet.errors import AutounetError, shorten_message
 from autounet.inference.presets import DEFAULT_PRESET, PRESETS
 from autounet.io.nifti_header import NIFTI_TRANSFORMS
 from autounet.networks.precision import PRECISIONS
-from autounet.core.workspace import Workspace, resolve_workspace
 
 log = logging.getLogger("autounet")
 
@@ -30,57 +29,6 @@ NIFTI_TRANSFORM_HELP = ("which transform of a NIfTI header to trust where its qf
                         "default such a file is refused)")
 THREADS_HELP = "CPU threads for the network (default: all cores; 1 on a machine busy with other work)"
 _FORMATTER = functools.partial(argparse.HelpFormatter, width=100)
-
-
-def _workspace(args: argparse.Namespace) -> Workspace:
-    return resolve_workspace(args.workspace)
-
-
-# --------------------------------------------------------------------------- commands
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from autounet.commands.doctor import doctor_report
-
-    print(doctor_report(_workspace(args)))
-    return 0
-
-
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    from autounet.task.demo_data import write_demo_task
-
-    path = write_demo_task(Path(args.directory), two_d=args.two_d, seed=args.seed)
-    print(f"demo task written to {path}")
-    return 0
-
-
-def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
-    from autounet.commands.plan_and_preprocess import plan_and_preprocess
-
-    result = plan_and_preprocess(
-        _workspace(args), args.task, num_workers=args.num_workers, gpu_memory_gb=args.gpu_memory,
-        plan_only=args.plan_only, clean=args.clean, configurations=args.configurations,
-        architecture=args.architecture, show_progress=not args.no_progress, memory_gb=args.memory_gb,
-        accept_label_geometry=args.accept_label_geometry, nifti_transform=args.nifti_transform,
-    )
-    print(f"plans: {result.preprocessed_dir / 'plans.json'} ({', '.join(result.configurations)})")
-    if result.preprocessed:
-        print(f"preprocessed: {', '.join(result.preprocessed)} in {result.preprocessed_dir}")
-    print(f"next: autounet plans {result.task}   |   autounet train 3d_fullres fold 0" if
-          "3d_fullres" in result.configurations else
-          f"next: autounet plans {result.task}   |   autounet train 2d fold 0")
-    return 0
-
-
-def cmd_plans(args: argparse.Namespace) -> int:
-    from autounet.core.task_names import find_task_name
-    from autounet.planners.plans import load_plans
-    from autounet.planners.summary import format_plans_table
-
-    ws = _workspace(args)
-    name = find_task_name(args.task, ws, require_preprocessed=True)
-    print(format_plans_table(load_plans(ws.preprocessed(name) / "plans.json")))
-    return 0
 
 
 def parse_folds(words: Sequence[str], fold: str | None, folds: str | None) -> list[int | str]:
@@ -113,178 +61,10 @@ def parse_folds(words: Sequence[str], fold: str | None, folds: str | None) -> li
     return out
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from autounet.training.run_training import resolve_task_for_training, run_training
-    from autounet.training.settings import TrainingSettings
-
-    ws = _workspace(args)
-    folds = parse_folds(args.fold_words, args.fold, args.folds)
-    task = resolve_task_for_training(ws, args.task)
-    settings = TrainingSettings(
-        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device=args.device, workers=args.workers,
-        resume=args.resume, init_from=args.init_from, network=args.network,
-        save_probabilities=args.save_probabilities, seed=args.seed, val_iters=args.val_iters,
-        validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta, threads=args.threads,
-        precision=args.precision,
-    )
-    for fold in folds:
-        fold_dir = run_training(ws, task, args.configuration, fold, settings)
-        print(f"fold {fold} finished: {fold_dir}")
-    _refresh_report(ws, task)
-    return 0
-
-
-def _refresh_report(ws: Workspace, task: str) -> None:
-    from autounet.reporting.html_report import refresh_report
-
-    path = refresh_report(ws, task)
-    if path is not None:
-        print(f"report: {path}")
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from autounet.inference.predict_folder import predict_folder
-
-    report = predict_folder(
-        _workspace(args), Path(args.input), Path(args.output), task=args.task, configuration=args.configuration,
-        folds=args.folds, checkpoint=args.checkpoint, use_mirroring=False if args.disable_tta else None,
-        step_size=args.step_size, save_probabilities=args.save_probabilities,
-        postprocess=not args.no_postprocessing, device=args.device, resume=args.resume,
-        num_parts=args.num_parts, part_id=args.part_id, precision=args.precision, threads=args.threads,
-        preset=args.preset, memory_gb=args.memory_gb, nifti_transform=args.nifti_transform,
-    )
-    print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
-    for case, why in report.failed.items():
-        print(f"error: {case}: {why}", file=sys.stderr)
-    return 1 if report.failed else 0
-
-
-def cmd_postprocess(args: argparse.Namespace) -> int:
-    from autounet.postprocessing.decision import postprocess_folder
-
-    decision = Path(args.decision) if args.decision else _postprocessing_for_task(args)
-    postprocess_folder(Path(args.input), Path(args.output), decision, num_workers=args.num_workers)
-    print(f"postprocessed {args.input} -> {args.output} using {decision}")
-    return 0
-
-
-def _postprocessing_for_task(args: argparse.Namespace) -> Path:
-    from autounet.inference.model_choice import choose_model
-
-    choice = choose_model(_workspace(args), task=args.task, configuration=args.configuration)
-    if choice.postprocessing is None:
-        raise AutounetError(
-            f"no postprocessing decision for task {choice.task}; run `autounet find_best_configuration "
-            f"{choice.task}` or pass --decision FILE")
-    return Path(choice.postprocessing)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from autounet.evaluation.evaluate import evaluate_folder, parse_metrics
-    from autounet.evaluation.summary_table import format_summary
-
-    labels, names = _evaluation_labels(args)
-    summary = evaluate_folder(Path(args.ref), Path(args.pred), labels, metrics=parse_metrics(args.metrics),
-                              num_workers=args.num_workers)
-    print(format_summary(summary, names))
-    print(f"summary: {Path(args.pred) / 'summary.json'}")
-    if args.task:
-        from autounet.core.task_names import find_task_name
-
-        ws = _workspace(args)
-        try:
-            name = find_task_name(args.task, ws, require_preprocessed=True)
-        except AutounetError:
-            return 0
-        _refresh_report(ws, name)
-    return 0
-
-
-def _evaluation_labels(args: argparse.Namespace) -> tuple[list[int], dict[int, str]]:
-    """Labels from --labels, else from the task's dataset.json, else from the reference files."""
-    if args.labels:
-        return [0] + [v for v in args.labels if v != 0], {v: str(v) for v in args.labels}
-    if args.task:
-        from autounet.task.dataset import find_task, load_task
-
-        task = load_task(find_task(args.task, _workspace(args)))
-        return sorted(task.labels.values()), {v: k for k, v in task.labels.items()}
-    from autounet.evaluation.evaluate import labels_in_folder
-
-    values = labels_in_folder(Path(args.ref))
-    return values, {v: str(v) for v in values}
-
-
-def cmd_find_best(args: argparse.Namespace) -> int:
-    from autounet.commands.find_best import find_best_configuration
-    from autounet.core.task_names import find_task_name
-
-    ws = _workspace(args)
-    name = find_task_name(args.task, ws, require_preprocessed=True)
-    result = find_best_configuration(ws, name, configurations=args.configurations,
-                                     allow_ensembles=not args.no_ensembles, num_workers=args.num_workers)
-    print((ws.results(name) / "best_configuration.txt").read_text(encoding="utf-8")
-          if (ws.results(name) / "best_configuration.txt").is_file() else result)
-    _refresh_report(ws, name)
-    return 0
-
-
-def cmd_ensemble(args: argparse.Namespace) -> int:
-    from autounet.inference.ensemble import ensemble_folders
-
-    ensemble_folders([Path(p) for p in args.input], Path(args.output), save_probabilities=args.save_probabilities)
-    print(f"ensemble written to {args.output}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from autounet.commands.demo import run_demo
-
-    result = run_demo(_workspace(args), two_d=args.two_d, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
-                      device=args.device, workers=args.workers)
-    print(f"demo finished in {result.seconds / 60:.1f} min: mean foreground Dice on the held-out demo cases "
-          f"{result.dice:.3f}")
-    print(f"report: {result.report}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from autounet.core.task_names import find_task_name
-    from autounet.reporting.html_report import write_report
-
-    ws = _workspace(args)
-    name = find_task_name(args.task, ws, require_preprocessed=True)
-    out = write_report(ws, name, Path(args.output) if args.output else None)
-    print(f"report: {out}")
-    return 0
-
-
-def cmd_overlay(args: argparse.Namespace) -> int:
-    from autounet.reporting.overlay import overlay_files
-
-    out = overlay_files(Path(args.image), Path(args.seg), Path(args.output),
-                        Path(args.second) if args.second else None)
-    print(f"overlay: {out}")
-    return 0
-
-
-def cmd_export_model(args: argparse.Namespace) -> int:
-    from autounet.commands.model_sharing import export_model
-    from autounet.core.task_names import find_task_name
-
-    ws = _workspace(args)
-    name = find_task_name(args.task, ws, require_preprocessed=False)
-    out = export_model(ws, name, Path(args.output), runs=args.runs, folds=args.folds, checkpoint=args.checkpoint)
-    print(f"exported {name} to {out}")
-    return 0
-
-
-def cmd_install_model(args: argparse.Namespace) -> int:
-    from autounet.commands.model_sharing import install_model
-
-    target = install_model(Path(args.archive), _workspace(args), overwrite=args.overwrite)
-    print(f"installed into {target}")
-    return 0
+def _train(args: argparse.Namespace) -> int:
+    """The fold words (`fold 0`, `--folds 0-4`) are parsed here; the handler gets a list."""
+    args.fold_list = parse_folds(args.fold_words, args.fold, args.folds)
+    return h.cmd_train(args)
 
 
 # --------------------------------------------------------------------------- parser
@@ -313,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
-    add("doctor", cmd_doctor, "show paths, versions, devices, RAM, disk and /dev/shm")
+    add("doctor", h.cmd_doctor, "show paths, versions, devices, RAM, disk and /dev/shm")
 
-    p = add("demo-data", cmd_demo_data, "write a small synthetic MSD-layout demo task", aliases=["demo_data"])
+    p = add("demo-data", h.cmd_demo_data, "write a small synthetic MSD-layout demo task", aliases=["demo_data"])
     p.add_argument("directory", help="folder to write the task into (e.g. <workspace>/raw)")
     p.add_argument("--2d", dest="two_d", action="store_true", help="the 2D demo task")
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("plan_and_preprocess", cmd_plan_and_preprocess,
+    p = add("plan_and_preprocess", h.cmd_plan_and_preprocess,
             "check a task, fingerprint it, plan configurations and preprocess them",
             aliases=["plan-and-preprocess"])
     p.add_argument("task", help="Task01, 1, Task01_BrainTumour, Dataset001_BrainTumour or a path")
@@ -342,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network family to plan for")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add("plans", cmd_plans, "print a summary table of a task's plans")
+    p = add("plans", h.cmd_plans, "print a summary table of a task's plans")
     p.add_argument("task")
 
-    p = add("train", cmd_train, "train one or more folds of a configuration")
+    p = add("train", _train, "train one or more folds of a configuration")
     p.add_argument("configuration", choices=CONFIGURATIONS)
     p.add_argument("fold_words", nargs="*", metavar="fold N",
                    help="`fold 0`, `0`, `fold all`")
@@ -372,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-tta", action="store_true",
                    help="no test-time mirroring when predicting the validation cases (about 8x faster in 3D)")
 
-    p = add("predict", cmd_predict, "predict a folder of images (or one file) with a trained model")
+    p = add("predict", h.cmd_predict, "predict a folder of images (or one file) with a trained model")
     p.add_argument("-i", "--input", required=True, help="folder of cases (either layout) or one image file")
     p.add_argument("-o", "--output", required=True, help="output folder (must differ from the input)")
     p.add_argument("-t", "--task", default=None)
@@ -397,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "more is refused by name")
     p.add_argument("--nifti-transform", choices=NIFTI_TRANSFORMS, default=None, help=NIFTI_TRANSFORM_HELP)
 
-    p = add("postprocess", cmd_postprocess, "apply the chosen connected-component postprocessing")
+    p = add("postprocess", h.cmd_postprocess, "apply the chosen connected-component postprocessing")
     p.add_argument("-i", "--input", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("-t", "--task", default=None)
@@ -405,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decision", default=None, help="postprocessing.json (default: the task's chosen one)")
     p.add_argument("-np", "--num-workers", type=int, default=0)
 
-    p = add("evaluate", cmd_evaluate, "Dice/IoU (and optionally HD95, NSD) of predictions against references")
+    p = add("evaluate", h.cmd_evaluate, "Dice/IoU (and optionally HD95, NSD) of predictions against references")
     p.add_argument("-ref", "--ref", required=True, help="folder of reference label maps")
     p.add_argument("-pred", "--pred", required=True, help="folder of predicted label maps")
     p.add_argument("-t", "--task", default=None, help="take label names from this task")
@@ -413,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="dice", help="comma list: dice,hd95,nsd:TOL_MM")
     p.add_argument("-np", "--num-workers", type=int, default=0)
 
-    p = add("find_best_configuration", cmd_find_best,
+    p = add("find_best_configuration", h.cmd_find_best,
             "evaluate cross-validation of every trained configuration (and pairs), choose the best",
             aliases=["find-best-configuration"])
     p.add_argument("task")
@@ -421,29 +201,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ensembles", action="store_true")
     p.add_argument("-np", "--num-workers", type=int, default=0)
 
-    p = add("ensemble", cmd_ensemble, "average saved probabilities of several prediction folders")
+    p = add("ensemble", h.cmd_ensemble, "average saved probabilities of several prediction folders")
     p.add_argument("-i", "--input", nargs="+", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--save-probabilities", action="store_true")
 
-    p = add("demo", cmd_demo, "run the whole pipeline on the demo task (CPU, minutes) and write a report")
+    p = add("demo", h.cmd_demo, "run the whole pipeline on the demo task (CPU, minutes) and write a report")
     p.add_argument("--2d", dest="two_d", action="store_true", help="use the 2D demo task")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: a CPU-sized budget)")
     p.add_argument("--iters-per-epoch", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--workers", type=int, default=None)
 
-    p = add("report", cmd_report, "write a self-contained HTML report of a task")
+    p = add("report", h.cmd_report, "write a self-contained HTML report of a task")
     p.add_argument("task")
     p.add_argument("-o", "--output", default=None, help="HTML file (default: <workspace>/results/<task>/report.html)")
 
-    p = add("overlay", cmd_overlay, "draw an image with a label map outlined, for checking data")
+    p = add("overlay", h.cmd_overlay, "draw an image with a label map outlined, for checking data")
     p.add_argument("-i", "--image", required=True)
     p.add_argument("-s", "--seg", required=True)
     p.add_argument("-o", "--output", required=True, help="PNG file")
     p.add_argument("--second", default=None, help="a second label map drawn beside the first")
 
-    p = add("export_model", cmd_export_model, "write a task's trained model as a zip with checksums",
+    p = add("export_model", h.cmd_export_model, "write a task's trained model as a zip with checksums",
             aliases=["export-model"])
     p.add_argument("task")
     p.add_argument("-o", "--output", required=True)
@@ -451,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--folds", nargs="+", default=None)
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
 
-    p = add("install_model", cmd_install_model, "check and install a model exported with export_model",
+    p = add("install_model", h.cmd_install_model, "check and install a model exported with export_model",
             aliases=["install-model"])
     p.add_argument("archive")
     p.add_argument("--overwrite", action="store_true")

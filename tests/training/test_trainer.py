@@ -43,13 +43,8 @@ from autounet.core.run_layout import BEST, FINAL, LATEST
 from autounet.training.metrics_log import read_rows
 from autounet.training.run_training import resolve_task_for_training, run_training
 from autounet.training.settings import TrainingSettings
-from autounet.training.trainer import (
-    Trainer,
-    confusion_counts,
-    dice_from_counts,
-    load_matching_weights,
-    poly_lr,
-)
+from autounet.training.pseudo_dice import confusion_counts, dice_from_counts
+from autounet.training.trainer import Trainer, load_matching_weights, poly_lr
 
 TASK = "Task90_Toy"
 SIZE = 24

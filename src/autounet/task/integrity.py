@@ -182,23 +182,28 @@ def check_case(job: _CaseJob) -> _CaseResult:
         res.grid_file, res.spacing_zyx, res.shape_zyx = grid_file, tuple(grid.spacing_zyx), tuple(grid.shape)
 
     if case.label is not None and _present(case.label):
-        try:
-            seg, label_geometry = read_label(case.label, job.max_read_bytes, job.nifti_transform)
-        except ImageReadError as exc:
-            res.errors.append(str(exc))
-        else:
-            values = np.unique(seg)
-            try:
-                res.errors.extend(_label_value_problems(case.label, seg, values, job.label_values))
-            except ImageReadError as exc:
-                res.errors.append(str(exc))
-            if seg.dtype.kind in "iub":
-                res.label_values = tuple(int(v) for v in values.tolist())
-            if grid is not None:
-                _compare(res, grid, grid_file, label_geometry, case.label, "label")
-                if not job.accept_label_geometry:
-                    res.errors.extend(_label_placement(grid, grid_file, label_geometry, case.label))
+        _check_label(job, res, case.label, grid, grid_file)
     return res
+
+
+def _check_label(job: _CaseJob, res: _CaseResult, label: Path, grid: Geometry | None, grid_file: Path | None) -> None:
+    """Values, dtype and placement of a case's label map against its image grid."""
+    try:
+        seg, label_geometry = read_label(label, job.max_read_bytes, job.nifti_transform)
+    except ImageReadError as exc:
+        res.errors.append(str(exc))
+        return
+    values = np.unique(seg)
+    try:
+        res.errors.extend(_label_value_problems(label, seg, values, job.label_values))
+    except ImageReadError as exc:
+        res.errors.append(str(exc))
+    if seg.dtype.kind in "iub":
+        res.label_values = tuple(int(v) for v in values.tolist())
+    if grid is not None:
+        _compare(res, grid, grid_file, label_geometry, label, "label")
+        if not job.accept_label_geometry:
+            res.errors.extend(_label_placement(grid, grid_file, label_geometry, label))
 
 
 def _compare(res: _CaseResult, ref: Geometry, ref_file: Path | None, other: Geometry, path: Path, what: str) -> None:

@@ -257,20 +257,12 @@ def run_training(
     (research code, tests); by default they are `networks.registry.build_network` and
     `training.data_loader.build_dataloaders`.
     """
-    from autounet.preprocessing.case_store import CaseStore
-
     settings.validate()
     ws = workspace if isinstance(workspace, Workspace) else resolve_workspace(workspace)
     task = resolve_task_for_training(ws, task)
     preprocessed = ws.preprocessed(task)
-    plans = load_plans(preprocessed / "plans.json")
+    plans, data_folder, case_ids = _preprocessed_inputs(preprocessed, task, configuration)
     cfg = plans.configuration(configuration)
-    data_folder = preprocessed / cfg.data_identifier
-    case_ids = CaseStore(data_folder).case_ids() if data_folder.is_dir() else []
-    if not case_ids:
-        raise AutounetError(f"{data_folder}: no preprocessed cases for {configuration}; run "
-                            f"`autounet plan_and_preprocess {task} -c {configuration}` first")
-
     device = resolve_device(settings.device)
     started_group = not torch.distributed.is_initialized()
     ctx = init_distributed(device.type)
@@ -328,6 +320,19 @@ def run_training(
     finally:
         if started_group:
             shutdown_distributed()
+
+
+def _preprocessed_inputs(preprocessed: Path, task: str, configuration: str) -> tuple[Plans, Path, list[str]]:
+    """The plans, the configuration's data folder and its case ids; refused when nothing is preprocessed."""
+    from autounet.preprocessing.case_store import CaseStore
+
+    plans = load_plans(preprocessed / "plans.json")
+    data_folder = preprocessed / plans.configuration(configuration).data_identifier
+    case_ids = CaseStore(data_folder).case_ids() if data_folder.is_dir() else []
+    if not case_ids:
+        raise AutounetError(f"{data_folder}: no preprocessed cases for {configuration}; run "
+                            f"`autounet plan_and_preprocess {task} -c {configuration}` first")
+    return plans, data_folder, case_ids
 
 
 def _fold_cases(splits_path: Path, fold: int | str, case_ids: list[str], cascade: bool,

@@ -51,6 +51,7 @@ from autounet.training.distributed import (
 )
 from autounet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
 from autounet.training.progress_plot import PLOT_NAME, plot_progress
+from autounet.training.pseudo_dice import class_names, confusion_counts, dice_from_counts, nan_mean
 from autounet.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -83,38 +84,6 @@ def resolve_device(name: str, ctx: DistributedContext | None = None) -> torch.de
 def poly_lr(initial_lr: float, epoch: int, max_epochs: int, exponent: float = 0.9) -> float:
     """Polynomial decay, evaluated once per epoch: lr0 * (1 - epoch / max_epochs) ** exponent."""
     return initial_lr * (1.0 - epoch / max_epochs) ** exponent
-
-
-def class_names(plans: Plans) -> list[str]:
-    """Foreground class names in index order (index 1 first)."""
-    return [name for name, _ in sorted(plans.labels.items(), key=lambda kv: kv[1])][1:]
-
-
-def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(3, K-1) TP/FP/FN per foreground class of the argmax prediction; -1 voxels are ignored."""
-    pred = logits.argmax(1)
-    tgt = target[:, 0].long()
-    valid = tgt >= 0
-    counts = torch.zeros((3, num_classes - 1), dtype=torch.float64, device=logits.device)
-    for c in range(1, num_classes):
-        p = (pred == c) & valid
-        g = tgt == c
-        counts[0, c - 1] = (p & g).sum()
-        counts[1, c - 1] = (p & ~g).sum()
-        counts[2, c - 1] = (~p & g).sum()
-    return counts
-
-
-def dice_from_counts(counts: torch.Tensor) -> list[float]:
-    """2TP / (2TP + FP + FN) per class; NaN where a class was neither predicted nor present."""
-    tp, fp, fn = counts.double().cpu()
-    denom = 2 * tp + fp + fn
-    return [float(2 * t / d) if d > 0 else float("nan") for t, d in zip(tp, denom)]
-
-
-def nan_mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def load_matching_weights(model: nn.Module, source: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
