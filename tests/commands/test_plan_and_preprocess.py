@@ -29,7 +29,7 @@ from autounet.core.workspace import Workspace
 from autounet.planners.plans import Plans, load_plans
 from autounet.preprocessing.case_store import CaseStore
 
-from .real_data_tasks import REAL_TASK_BUILDERS, RealTask
+from real_data_tasks import REAL_TASK_BUILDERS, RealTask
 
 REPO_SRC = Path(__file__).resolve().parents[2] / "src"
 CaseFiles = dict[str, tuple[Path, Path]]  # case id -> (image file, label file)

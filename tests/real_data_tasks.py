@@ -87,7 +87,7 @@ def write_msd_task(
         sitk.WriteImage(sitk.Cast(label, pixel), str(task.label_path(case_id)), True)
     dataset = {
         "name": root.name.split("_", 1)[-1],
-        "description": "built from ../shared/data by tests/pipeline/real_data_tasks.py",
+        "description": "built from ../shared/data by tests/real_data_tasks.py",
         "tensorImageSize": "3D",
         "modality": {"0": modality},
         "labels": {str(v): name for v, name in sorted(label_names.items())},
