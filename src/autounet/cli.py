@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="folder to write the task into (e.g. <workspace>/raw)")
     p.add_argument("--2d", dest="two_d", action="store_true", help="the 2D demo task")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regions", action="store_true",
+                   help="declare overlapping regions (organ with lesion, lesion) for region-based training")
+    p.add_argument("--sparse", type=int, default=0, metavar="N",
+                   help="annotate only every N-th slice of the training labels; the rest gets the ignore label")
+    p.add_argument("--name", default=None, help="task folder name (default: Task01_Demo, or Task02_Demo2D)")
 
     p = add("plan_and_preprocess", h.cmd_plan_and_preprocess,
             "check a task, fingerprint it, plan configurations and preprocess them",

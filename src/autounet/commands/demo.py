@@ -77,7 +77,8 @@ def run_demo(workspace: Workspace, two_d: bool = False, epochs: int | None = Non
         raise AutounetError(f"prediction failed for {', '.join(report.failed)}")
 
     _step(5, total, "evaluating against the demo's test labels")
-    summary = evaluate_folder(task_dir / "labelsTs", predictions, sorted(task.labels.values()))
+    targets = [tuple(r.values) for r in task.regions] if task.regions else sorted(task.labels.values())
+    summary = evaluate_folder(task_dir / "labelsTs", predictions, targets, ignore_label=task.ignore_label)
     dice = float(summary["foreground_mean"]["Dice"])
 
     _step(6, total, "writing the report")

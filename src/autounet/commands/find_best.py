@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autounet.errors import DatasetError
-from autounet.evaluation.evaluate import evaluate_folder, list_label_files
+from autounet.evaluation.evaluate import evaluate_folder, list_label_files, target_key
 from autounet.evaluation.summary_table import format_candidates
 from autounet.inference.ensemble import ensemble_folders
 from autounet.io.atomic import is_temporary, write_json, write_text
@@ -182,14 +182,15 @@ def find_best_configuration(
         raise DatasetError(f"{gt_dir}: reference segmentations not found; run `autounet plan_and_preprocess {task}`")
     runs = discover_runs(results_dir, configurations, folds)
     plans = _task_plans(ws, task, runs)
-    fg_labels = [v for v in plans.label_values if v != 0]
-    label_names = {v: k for k, v in plans.labels.items()}
+    fg_labels = plans.evaluation_targets
+    ignore = plans.ignore_label
 
     candidates: list[dict[str, Any]] = []
     probability_cases: dict[str, list[str]] = {}
     for run in runs:
         cases, has_probabilities = gather_crossval(run)
-        summary = evaluate_folder(gt_dir, run.crossval_dir, fg_labels, num_workers=num_workers, allow_missing=True)
+        summary = evaluate_folder(gt_dir, run.crossval_dir, fg_labels, num_workers=num_workers, allow_missing=True,
+                                  ignore_label=ignore)
         candidates.append(_candidate(run.name, "single", [run], run.crossval_dir, summary, results_dir))
         log.info("%s (folds %s): foreground Dice %.4f", run.name, run.folds, summary["foreground_mean"]["Dice"])
         if has_probabilities:
@@ -208,13 +209,14 @@ def find_best_configuration(
             if out.exists():
                 shutil.rmtree(out)
             ensemble_folders([a.crossval_dir, b.crossval_dir], out, num_workers=num_workers)
-            summary = evaluate_folder(gt_dir, out, fg_labels, num_workers=num_workers, allow_missing=True)
+            summary = evaluate_folder(gt_dir, out, fg_labels, num_workers=num_workers, allow_missing=True,
+                                      ignore_label=ignore)
             candidates.append(_candidate(name, "ensemble", [a, b], out, summary, results_dir))
             log.info("%s: foreground Dice %.4f", name, summary["foreground_mean"]["Dice"])
 
     best = max(candidates, key=_score)
     best_folder = results_dir / best["folder"]
-    decision = determine_postprocessing(best_folder, gt_dir, fg_labels, num_workers=num_workers)
+    decision = determine_postprocessing(best_folder, gt_dir, fg_labels, num_workers=num_workers, ignore_label=ignore)
     pp_path = (results_dir / best["run_names"][0] if best["kind"] == "single" else best_folder) / POSTPROCESSING_FILE
     save_postprocessing(decision, pp_path)
     log.info("selected %s; postprocessing: %s", best["name"], decision.describe())
@@ -234,6 +236,7 @@ def find_best_configuration(
         "candidates": sorted(candidates, key=_score, reverse=True),
     }
     write_json(results_dir / BEST_CONFIGURATION_FILE, result)
+    label_names = {target_key(t): name for t, name in zip(fg_labels, plans.output_names)}
     table = format_candidates(candidates, label_names, selected=best["name"])
     write_text(results_dir / "best_configuration.txt",
                f"Model selection for {task} (cross-validation, foreground-mean Dice)\n\n{table}\n\n"

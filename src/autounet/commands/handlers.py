@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from autounet.core.workspace import Workspace, resolve_workspace
 from autounet.errors import AutounetError
@@ -29,7 +30,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from autounet.task.demo_data import write_demo_task
 
-    path = write_demo_task(Path(args.directory), two_d=args.two_d, seed=args.seed)
+    if args.sparse < 0 or args.sparse == 1:
+        raise AutounetError(f"--sparse {args.sparse}: give N >= 2 (one annotated slice in N) or leave it out")
+    path = write_demo_task(Path(args.directory), two_d=args.two_d, seed=args.seed, regions=args.regions,
+                           sparse_every=args.sparse, name=args.name)
     print(f"demo task written to {path}")
     return 0
 
@@ -133,9 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from autounet.evaluation.evaluate import evaluate_folder, parse_metrics
     from autounet.evaluation.summary_table import format_summary
 
-    labels, names = _evaluation_labels(args)
+    labels, names, ignore = _evaluation_labels(args)
     summary = evaluate_folder(Path(args.ref), Path(args.pred), labels, metrics=parse_metrics(args.metrics),
-                              num_workers=args.num_workers)
+                              num_workers=args.num_workers, ignore_label=ignore)
     print(format_summary(summary, names))
     print(f"summary: {Path(args.pred) / 'summary.json'}")
     if args.task:
@@ -150,19 +154,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_labels(args: argparse.Namespace) -> tuple[list[int], dict[int, str]]:
-    """Labels from --labels, else from the task's dataset.json, else from the reference files."""
+def _evaluation_labels(args: argparse.Namespace) -> tuple[list[Any], dict[Any, str], int | None]:
+    """Labels (or a task's regions) with their names and the ignore label: from --labels, else from
+    the task's dataset.json, else from the reference files."""
     if args.labels:
-        return [0] + [v for v in args.labels if v != 0], {v: str(v) for v in args.labels}
+        return [0] + [v for v in args.labels if v != 0], {v: str(v) for v in args.labels}, None
     if args.task:
+        from autounet.evaluation.evaluate import target_key
         from autounet.task.dataset import find_task, load_task
 
         task = load_task(find_task(args.task, _workspace(args)))
-        return sorted(task.labels.values()), {v: k for k, v in task.labels.items()}
+        if task.regions:
+            regions = [tuple(r.values) for r in task.regions]
+            return regions, {target_key(r.values): r.name for r in task.regions}, task.ignore_label
+        return sorted(task.labels.values()), {v: k for k, v in task.labels.items()}, task.ignore_label
     from autounet.evaluation.evaluate import labels_in_folder
 
     values = labels_in_folder(Path(args.ref))
-    return values, {v: str(v) for v in values}
+    return values, {v: str(v) for v in values}, None
 
 
 def cmd_find_best(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """Evaluate a folder of predicted label maps against reference label maps; write summary.json.
 
 Predictions and references are matched by file name. Every metric is computed per case and per
-label value (values as written on disk), then averaged per label with `nanmean`, so cases where
+label value (values as written on disk) or per region (the union of several label values in
+both maps, keyed "1,2,3"); voxels of an ignore label in the reference are left out of every
+metric. Metrics are averaged per label with `nanmean`, so cases where
 both reference and prediction lack a label are left out of that label's mean and counted as
 excluded. The headline number everywhere (model selection, postprocessing) is
 `foreground_mean["Dice"]`: the mean of the per-label means over the foreground labels.
@@ -146,14 +148,39 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float],
     return out
 
 
-def evaluate_arrays(ref: np.ndarray, pred: np.ndarray, label_values: Sequence[int],
-                    spacing: Sequence[float], metric_names: Sequence[str] = ("dice",)) -> dict[str, dict[str, float]]:
-    """Metrics per label value ({str(label): {...}}) of two label maps on the same grid."""
-    return {str(int(v)): label_metrics(ref == v, pred == v, spacing, metric_names) for v in label_values}
+Target = int | Sequence[int]
+"""What is evaluated: one label value, or a region (the union of several values)."""
+
+
+def target_key(target: Target) -> str:
+    """Summary key of a label ("2") or a region ("1,2,3"; a one-value region reads like its label)."""
+    values = [int(target)] if isinstance(target, (int, np.integer)) else [int(v) for v in target]
+    return ",".join(str(v) for v in values)
+
+
+def _target_values(target: Target) -> list[int]:
+    return [int(target)] if isinstance(target, (int, np.integer)) else [int(v) for v in target]
+
+
+def evaluate_arrays(ref: np.ndarray, pred: np.ndarray, label_values: Sequence[Target],
+                    spacing: Sequence[float], metric_names: Sequence[str] = ("dice",),
+                    ignore_label: int | None = None) -> dict[str, dict[str, float]]:
+    """Metrics per label value or region ({target_key: {...}}) of two label maps on the same grid;
+    reference voxels of `ignore_label` count in neither map."""
+    annotated = None if ignore_label is None else ref != ignore_label
+    out = {}
+    for target in label_values:
+        values = _target_values(target)
+        r, p = np.isin(ref, values), np.isin(pred, values)
+        if annotated is not None:
+            r, p = r & annotated, p & annotated
+        out[target_key(target)] = label_metrics(r, p, spacing, metric_names)
+    return out
 
 
 def evaluate_case(ref_path: str | os.PathLike[str], pred_path: str | os.PathLike[str],
-                  label_values: Sequence[int], metrics: Sequence[str] = ("dice",)) -> dict[str, Any]:
+                  label_values: Sequence[Target], metrics: Sequence[str] = ("dice",),
+                  ignore_label: int | None = None) -> dict[str, Any]:
     """Evaluate one prediction file against its reference file.
 
     Raises DatasetError naming the prediction when its grid (shape, spacing, origin, direction)
@@ -171,14 +198,14 @@ def evaluate_case(ref_path: str | os.PathLike[str], pred_path: str | os.PathLike
     return {
         "reference_file": str(ref_path),
         "prediction_file": str(pred_path),
-        "metrics": evaluate_arrays(ref, pred, label_values, ref_geo.spacing_zyx, metric_names),
+        "metrics": evaluate_arrays(ref, pred, label_values, ref_geo.spacing_zyx, metric_names, ignore_label),
     }
 
 
-def _evaluate_item(item: tuple[str, str, tuple[int, ...], tuple[str, ...]]) -> dict[str, Any]:
+def _evaluate_item(item: tuple[str, str, tuple[Target, ...], tuple[str, ...], int | None]) -> dict[str, Any]:
     """Worker entry point (top level so that spawned processes can import it)."""
-    ref_path, pred_path, labels, metric_names = item
-    return evaluate_case(ref_path, pred_path, labels, metric_names)
+    ref_path, pred_path, labels, metric_names, ignore_label = item
+    return evaluate_case(ref_path, pred_path, labels, metric_names, ignore_label)
 
 
 def _nanmean(values: list[float]) -> float:
@@ -186,13 +213,13 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite_or_inf)) if finite_or_inf else float("nan")
 
 
-def aggregate(per_case: list[dict[str, Any]], label_values: Sequence[int],
+def aggregate(per_case: list[dict[str, Any]], label_values: Sequence[Target],
               metric_names: Sequence[str]) -> dict[str, Any]:
     """Per-label means, foreground mean and worst cases from per-case results."""
     keys = quality_keys(metric_names)
     mean: dict[str, dict[str, float]] = {}
     for v in label_values:
-        label = str(int(v))
+        label = target_key(v)
         rows = [c["metrics"][label] for c in per_case]
         entry = {k: _nanmean([float(r[k]) for r in rows]) for k in keys}
         entry.update({k: _nanmean([float(r[k]) for r in rows]) for k in COUNT_KEYS})
@@ -200,7 +227,7 @@ def aggregate(per_case: list[dict[str, Any]], label_values: Sequence[int],
         entry["num_cases"] = len(rows)
         entry["num_excluded_both_empty"] = excluded
         mean[label] = entry
-    fg_labels = [str(int(v)) for v in label_values if int(v) != 0]
+    fg_labels = [target_key(v) for v in label_values if _target_values(v) != [0]]
     foreground_mean = {k: _nanmean([mean[lab][k] for lab in fg_labels]) for k in keys}
 
     case_scores = []
@@ -220,12 +247,13 @@ def aggregate(per_case: list[dict[str, Any]], label_values: Sequence[int],
 def evaluate_folder(
     ref_dir: str | os.PathLike[str],
     pred_dir: str | os.PathLike[str],
-    label_values: Sequence[int],
+    label_values: Sequence[Target],
     metrics: Sequence[str] | str = ("dice",),
     num_workers: int = 0,
     output_file: str | os.PathLike[str] | None = None,
     allow_missing: bool = False,
     case_ids: Sequence[str] | None = None,
+    ignore_label: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate every prediction in `pred_dir` against the same-named reference in `ref_dir`.
 
@@ -234,10 +262,12 @@ def evaluate_folder(
     error unless `allow_missing` (e.g. when only some folds were trained). Writes the summary to
     `output_file` (default `<pred_dir>/summary.json`) atomically and returns it. `case_ids`
     restricts references and predictions to those cases (a fold's validation cases among all
-    references, ignoring anything else in the folder).
+    references, ignoring anything else in the folder). A region is given as a sequence of label
+    values; `ignore_label` voxels of a reference are left out of its metrics.
     """
     metric_names = parse_metrics(metrics)
-    labels = tuple(int(v) for v in label_values if int(v) != 0)
+    labels = tuple(int(v) if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)
+                   for v in label_values if _target_values(v) != [0])
     if not labels:
         raise AutounetError("evaluate: no foreground labels to evaluate; pass them, e.g. --labels 1 2")
     refs = list_label_files(ref_dir)
@@ -263,13 +293,14 @@ def evaluate_folder(
         log.warning("%s: %d reference case(s) have no prediction and are not evaluated", pred_dir, len(missing))
 
     names = sorted(preds)
-    items = [(str(refs[n]), str(preds[n]), labels, metric_names) for n in names]
+    items = [(str(refs[n]), str(preds[n]), labels, metric_names, ignore_label) for n in names]
     per_case = run_parallel(_evaluate_item, items, names, num_workers, desc="evaluate",
                             show_progress=len(items) > 1)
     summary: dict[str, Any] = {
         "reference_folder": str(ref_dir),
         "prediction_folder": str(pred_dir),
-        "labels": list(labels),
+        "labels": [v if isinstance(v, (int, np.integer)) else list(v) for v in labels],
+        **({"ignore_label": ignore_label} if ignore_label is not None else {}),
         "metrics": list(metric_names),
         "num_cases": len(per_case),
         "missing_predictions": [strip_ending(n) for n in missing],

@@ -26,14 +26,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def _label_title(label: str, label_names: Mapping[int, str] | None) -> str:
-    name = (label_names or {}).get(int(label))
+def _label_title(label: str, label_names: Mapping[Any, str] | None) -> str:
+    """The summary key ("2", or "1,2,3" for a region) and its name; names are keyed by key or by label value."""
+    names = label_names or {}
+    name = names.get(label) or (names.get(int(label)) if label.lstrip("-").isdigit() else None)
     if name and name != label:
         return f"{label} {name}"
     return label
 
 
-def format_summary(summary: Mapping[str, Any], label_names: Mapping[int, str] | None = None) -> str:
+def format_summary(summary: Mapping[str, Any], label_names: Mapping[Any, str] | None = None) -> str:
     """Per-label means (Dice, IoU, and HD95/NSD when present), foreground mean and worst cases.
 
     `label_names` maps label values to names (e.g. inverted dataset.json labels).
@@ -60,7 +62,7 @@ def format_summary(summary: Mapping[str, Any], label_names: Mapping[int, str] | 
     return "\n".join(lines)
 
 
-def format_candidates(candidates: Sequence[Mapping[str, Any]], label_names: Mapping[int, str] | None = None,
+def format_candidates(candidates: Sequence[Mapping[str, Any]], label_names: Mapping[Any, str] | None = None,
                       selected: str | None = None) -> str:
     """Model-selection table: one row per candidate (best first), foreground and per-label Dice."""
     labels: list[str] = []

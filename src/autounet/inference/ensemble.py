@@ -20,6 +20,7 @@ from autounet.errors import AutounetError, DatasetError
 from autounet.io.atomic import is_temporary, save_npz
 from autounet.io.images import SUPPORTED_ENDINGS, read_label, write_label
 from autounet.core.parallel import run_parallel
+from autounet.inference.export import labels_from_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ def ensemble_probabilities(arrays: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def load_probabilities(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (K, Z, Y, X), label_values (K,)) from a prediction's .npz; errors name the file."""
+    """(probabilities (K, Z, Y, X), label_values (K,)) from a prediction's .npz; errors name the file.
+
+    For a region model the channels are regions and `label_values` their painting values (see
+    `is_region_file`)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -59,6 +63,12 @@ def load_probabilities(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nda
             f"{path}: probabilities of shape {probs.shape} do not match {label_values.size} label values; re-predict"
         )
     return probs, label_values
+
+
+def is_region_file(path: str | os.PathLike[str]) -> bool:
+    """Whether a saved .npz holds region probabilities (sigmoid per region) rather than class ones."""
+    with np.load(path, allow_pickle=False) as npz:
+        return "regions" in npz.files and bool(int(npz["regions"]))
 
 
 def probability_cases(folder: str | os.PathLike[str]) -> list[str]:
@@ -103,12 +113,14 @@ def _ensemble_case(item: tuple[str, tuple[str, ...], str, bool]) -> str:
     mean = ensemble_probabilities(arrays)
     if tuple(mean.shape[1:]) != tuple(geometry.shape):
         raise DatasetError(f"{label_file}: grid {geometry.shape} differs from the probabilities' {mean.shape[1:]}")
-    seg = label_values[np.argmax(mean, axis=0)]
+    regions = is_region_file(Path(folders[0]) / f"{case}.npz")
+    seg = labels_from_probabilities(mean, label_values.tolist(), regions)
     out_dir = Path(output_dir)
     ending = label_file.name[len(case):]
     write_label(seg, geometry, out_dir / f"{case}{ending}")
     if save_probabilities:
-        save_npz(out_dir / f"{case}.npz", probabilities=mean.astype(np.float16), label_values=label_values)
+        save_npz(out_dir / f"{case}.npz", probabilities=mean.astype(np.float16), label_values=label_values,
+                 regions=np.asarray(int(regions)))
     return case
 
 

@@ -21,6 +21,7 @@ from autounet.planners.plans import Plans
 from autounet.preprocessing.case_properties import CaseProperties
 from autounet.preprocessing.cropping import paste_into
 from autounet.preprocessing.resampling import resample_probabilities
+from autounet.task.labels import regions_to_labels
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ def logits_to_segmentation_on_original_grid(
     """
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()
+    if plans.has_regions:
+        seg_cropped, probabilities = _regions_on_crop(logits, props, plans, configuration_name, return_probabilities)
+        return _on_input_grid(seg_cropped, probabilities, props, plans)
     num_classes = plans.num_classes
     if logits.ndim != 4 or logits.shape[0] != num_classes:
         raise ValueError(f"expected logits (K={num_classes}, z, y, x), got shape {tuple(logits.shape)}")
@@ -116,6 +120,34 @@ def logits_to_segmentation_on_original_grid(
 
     values = np.asarray(plans.label_values)
     seg_cropped = values[index].astype(smallest_label_dtype(plans.label_values))
+    return _on_input_grid(seg_cropped, probabilities, props, plans)
+
+
+def _regions_on_crop(probs: np.ndarray, props: CaseProperties, plans: Plans, configuration_name: str,
+                     return_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Region probabilities (R, z, y, x) -> label map on the crop (each region resampled, thresholded
+    at 0.5 and painted in `regions_class_order`), and the probabilities pasted into the uncropped
+    grid (0 outside the crop box) when asked for."""
+    regions = plans.region_values
+    if probs.ndim != 4 or probs.shape[0] != len(regions):
+        raise ValueError(f"expected region probabilities (R={len(regions)}, z, y, x), got shape {tuple(probs.shape)}")
+    resample = _resampler(props, plans, configuration_name)
+    masks = []
+    full = np.zeros((len(regions), *props.shape_before_crop), dtype=np.float16) if return_probabilities else None
+    box = tuple(slice(a, b) for a, b in props.bbox)
+    for r in range(len(regions)):
+        region = resample(probs[r:r + 1])[0]
+        masks.append(region > 0.5)
+        if full is not None:
+            full[(r, *box)] = np.clip(region, 0, 1).astype(np.float16)
+    order = list(plans.regions_class_order or [])
+    seg = regions_to_labels(np.stack(masks), order, dtype=smallest_label_dtype(plans.label_values))
+    return seg, full
+
+
+def _on_input_grid(seg_cropped: np.ndarray, probabilities: np.ndarray | None, props: CaseProperties,
+                   plans: Plans) -> tuple[np.ndarray, np.ndarray | None]:
+    """Paste the crop back into the full volume and undo the transposition."""
     seg = paste_into(props.shape_before_crop, props.bbox, seg_cropped, fill=0)
 
     backward = list(plans.transpose_backward)
@@ -135,9 +167,26 @@ def save_prediction(seg: np.ndarray, geometry: Geometry, path: str | os.PathLike
     write_label(seg, geometry, path)
 
 
-def save_probabilities(probabilities: np.ndarray, label_values: Sequence[int], path: str | os.PathLike[str]) -> None:
-    """`<case>.npz` with 'probabilities' float16 (K, Z, Y, X) and 'label_values' (for ensembling)."""
+def probability_meaning(plans: Plans) -> tuple[list[int], bool]:
+    """What each probability channel stands for: a class's label value, or (regions) the value its
+    region is painted with; and whether the channels are regions."""
+    if plans.has_regions:
+        return list(plans.regions_class_order or []), True
+    return list(plans.label_values), False
+
+
+def labels_from_probabilities(probabilities: np.ndarray, values: Sequence[int], regions: bool) -> np.ndarray:
+    """Label map from (averaged) probabilities: argmax over classes, or regions over 0.5 painted in order."""
+    if regions:
+        return regions_to_labels(np.asarray(probabilities) > 0.5, values, dtype=smallest_label_dtype([0, *values]))
+    return np.asarray(values)[np.argmax(probabilities, axis=0)]
+
+
+def save_probabilities(probabilities: np.ndarray, label_values: Sequence[int], path: str | os.PathLike[str],
+                       regions: bool = False) -> None:
+    """`<case>.npz` with 'probabilities' float16 (K, Z, Y, X) and 'label_values' (for ensembling); for a
+    region model one sigmoid channel per region, 'label_values' its painting value, and 'regions' = 1."""
     from autounet.io.atomic import save_npz
 
     save_npz(path, probabilities=np.asarray(probabilities, dtype=np.float16),
-             label_values=np.asarray(label_values, dtype=np.int64))
+             label_values=np.asarray(label_values, dtype=np.int64), regions=np.asarray(int(regions)))

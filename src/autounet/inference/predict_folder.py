@@ -23,6 +23,7 @@ import torch
 
 from autounet.errors import AutounetError
 from autounet.inference.export import save_prediction
+from autounet.inference.export import labels_from_probabilities, probability_meaning
 from autounet.inference.export import save_probabilities as write_probabilities
 from autounet.inference.model_choice import ModelChoice, choose_model
 from autounet.core.run_layout import trained_folds
@@ -92,8 +93,7 @@ def _ensemble(predictors: list[Predictor], paths: list[Path], case_id: str,
         total = probs.astype(np.float32) if total is None else total + probs
     assert total is not None
     total /= len(predictors)
-    values = np.asarray(predictors[0].plans.label_values)
-    seg = values[total.argmax(0)]
+    seg = labels_from_probabilities(total, *probability_meaning(predictors[0].plans))
     return seg, (total.astype(np.float16) if want_probabilities else None), geometry
 
 
@@ -218,7 +218,8 @@ def _predict_case(predictors: list[Predictor], case: CaseFiles, out: Path, decis
     if decision is not None:
         seg = apply_postprocessing(seg, decision)
     if probs is not None:
-        write_probabilities(probs, predictors[0].plans.label_values, out.parent / f"{case.case_id}.npz")
+        values, regions = probability_meaning(predictors[0].plans)
+        write_probabilities(probs, values, out.parent / f"{case.case_id}.npz", regions=regions)
     save_prediction(seg, geometry, out)
 
 

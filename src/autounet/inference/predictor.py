@@ -134,7 +134,7 @@ class Predictor:
             if state["configuration"] != configuration:
                 raise CheckpointError(f"{path}: trained for {state['configuration']}, but its run folder is "
                                       f"{configuration}; the run folder was renamed or mixed up")
-            net = build_network(state["network_name"], cfg.network, in_channels, plans.num_classes,
+            net = build_network(state["network_name"], cfg.network, in_channels, plans.num_outputs,
                                 deep_supervision=True)
             try:
                 net.load_state_dict(state["network"])
@@ -172,16 +172,17 @@ class Predictor:
                 feature_map = None
         params = sum(p.numel() for p in self.networks[0].parameters())
         in_ch = self.plans.num_channels + (self.plans.num_classes - 1 if self.previous_stage else 0)
-        est = estimate_prediction_memory_bytes(data_shape, self.plans.num_classes, self.cfg.patch_size, in_ch,
+        est = estimate_prediction_memory_bytes(data_shape, self.plans.num_outputs, self.cfg.patch_size, in_ch,
                                                feature_map, len(mirror_subsets(self.mirror_axes)), params,
                                                len(self.networks))
         return est.describe()
 
     def predict_preprocessed(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Fold-averaged logits (K, z, y, x) float32 (CPU) of a preprocessed case (C, z, y, x)."""
-        return sliding_window_logits(self.networks, data, self.cfg.patch_size, self.plans.num_classes,
+        """Fold-averaged logits (K, z, y, x) float32 (CPU) of a preprocessed case (C, z, y, x); for a region
+        model the averaged sigmoid probabilities (R, z, y, x)."""
+        return sliding_window_logits(self.networks, data, self.cfg.patch_size, self.plans.num_outputs,
                                      step_size=self.step_size, mirror_axes=self.mirror_axes, device=self.device,
-                                     precision=self.precision)
+                                     precision=self.precision, sigmoid=self.plans.has_regions)
 
     def _network_input(self, image: np.ndarray, geometry: Geometry, case_id: str):
         from autounet.preprocessing.preprocessor import preprocess_case
@@ -211,10 +212,10 @@ class Predictor:
 
     def _check_prediction_budget(self, shape: Sequence[int], case_id: str) -> None:
         """Refuse a case whose logits (and their softmax and resampling back) would not fit in memory."""
-        need = int(np.prod(shape, dtype=np.float64)) * self.plans.num_classes * 4 * PREDICTION_COPIES
+        need = int(np.prod(shape, dtype=np.float64)) * self.plans.num_outputs * 4 * PREDICTION_COPIES
         if self.max_case_bytes is not None and need > self.max_case_bytes:
             raise AutounetError(
-                f"case {case_id or '?'}: predicting {list(shape)} voxels with {self.plans.num_classes} classes needs "
+                f"case {case_id or '?'}: predicting {list(shape)} voxels with {self.plans.num_outputs} outputs needs "
                 f"about {need / 1024**3:.1f} GiB, more than the {self.max_case_bytes / 1024**3:.2f} GiB available; "
                 f"check the spacing in its header or free memory")
 

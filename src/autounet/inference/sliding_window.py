@@ -72,8 +72,10 @@ def _unwrap(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _forward_tiles(networks: Sequence[nn.Module], tiles: torch.Tensor, mirror_axes: Sequence[int],
-                   max_forward_batch: int, precision: str) -> torch.Tensor:
-    """Mean logits over networks and mirrorings for a batch of tiles (n, C, *patch) -> (n, K, *patch) fp32."""
+                   max_forward_batch: int, precision: str, sigmoid: bool = False) -> torch.Tensor:
+    """Mean logits over networks and mirrorings for a batch of tiles (n, C, *patch) -> (n, K, *patch) fp32.
+
+    With `sigmoid` (region outputs) each view's probabilities are averaged instead of its logits."""
     subsets = mirror_subsets(mirror_axes)
     n = tiles.shape[0]
     # Mirrored views of all tiles go through the network together: fewer, larger forwards.
@@ -89,6 +91,7 @@ def _forward_tiles(networks: Sequence[nn.Module], tiles: torch.Tensor, mirror_ax
         for i, s in enumerate(subsets):
             part = out[i * n:(i + 1) * n]
             part = torch.flip(part, [a + 2 for a in s]) if s else part
+            part = torch.sigmoid(part) if sigmoid else part
             total = part if total is None else total + part
     assert total is not None
     return total / (len(subsets) * len(networks))
@@ -125,8 +128,10 @@ def sliding_window_logits(
     batch_tiles: int | None = None,
     max_forward_batch: int | None = None,
     precision: str = "auto",
+    sigmoid: bool = False,
 ) -> torch.Tensor:
-    """Logits (K, *spatial) float32 on the CPU for a preprocessed case `data` (C, *spatial).
+    """Logits (K, *spatial) float32 on the CPU for a preprocessed case `data` (C, *spatial); with
+    `sigmoid` (region models) the mean of the sigmoid probabilities over mirrorings, folds and tiles.
 
     `patch_size` has as many entries as the network's spatial dimensions; a 2D network on
     3D data predicts every slice along axis 0. `mirror_axes` are spatial axes of the patch.
@@ -167,7 +172,7 @@ def sliding_window_logits(
         placement = _auto_placement(networks, spatial, num_classes, patch_size, x.shape[0], dev,
                                     batch_tiles * n_views)
     args = (networks, x, tuple(int(p) for p in patch_size), num_classes, step_size, tuple(mirror_axes),
-            use_gaussian, dev, batch_tiles, max_forward_batch, resolved_precision)
+            use_gaussian, dev, batch_tiles, max_forward_batch, resolved_precision, sigmoid)
     if placement == "device" and dev.type == "cuda":
         try:
             return _predict(*args, acc_device=dev)
@@ -204,7 +209,8 @@ def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num
 
 def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[int, ...], num_classes: int,
              step_size: float, mirror_axes: tuple[int, ...], use_gaussian: bool, dev: torch.device,
-             batch_tiles: int, max_forward_batch: int, precision: str, acc_device: torch.device) -> torch.Tensor:
+             batch_tiles: int, max_forward_batch: int, precision: str, sigmoid: bool,
+             acc_device: torch.device) -> torch.Tensor:
     spatial = tuple(x.shape[1:])
     slice_axis = len(spatial) == len(patch_size) + 1  # 2D network on 3D data
     tile_shape = ((1,) if slice_axis else ()) + patch_size
@@ -248,7 +254,7 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
         if slice_axis:
             tiles = tiles[:, :, 0]
         tiles = tiles.to(dev, non_blocking=True)
-        out = _forward_tiles(networks, tiles, mirror_axes, max_forward_batch, precision)
+        out = _forward_tiles(networks, tiles, mirror_axes, max_forward_batch, precision, sigmoid)
         if out.shape[1] != num_classes:
             raise ValueError(f"network returned {out.shape[1]} channels, expected {num_classes} classes")
         if slice_axis:

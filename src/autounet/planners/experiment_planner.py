@@ -64,9 +64,10 @@ class _Budget:
 
     bytes: float
     in_channels: int
-    num_classes: int
+    num_classes: int  # network outputs: classes, or regions
     architecture: str
     batch_cap_fraction: float
+    cascade_channels: int = 0  # one-hot foreground classes of the previous stage's label map; 0: no cascade
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,10 @@ def plan_experiment(
     budget = _Budget(
         bytes=gpu_memory_gb * 1e9 * DEFAULT_CONSTANTS.planning_safety_margin,
         in_channels=len(fingerprint.channel_names),
-        num_classes=len(fingerprint.labels),
+        num_classes=len(fingerprint.regions) if fingerprint.regions else len(fingerprint.labels),
         architecture=architecture,
         batch_cap_fraction=batch_size_cap_fraction,
+        cascade_channels=0 if fingerprint.regions else len(fingerprint.labels) - 1,
     )
     spacings = np.asarray(fingerprint.spacings, dtype=np.float64)
     crop_shapes = np.asarray(fingerprint.shapes_after_crop, dtype=np.float64)
@@ -237,7 +239,11 @@ def plan_experiment(
         gpu_memory_target_gb=float(gpu_memory_gb),
         configurations=configs,
         is_2d_data=not is_3d,
-        reasons=_plans_reasons(configs, spacing_reason_t, norm[2], "; ".join(plans_why), budget),
+        reasons=_plans_reasons(configs, spacing_reason_t, norm[2], "; ".join(plans_why), budget)
+        | _label_reasons(fingerprint),
+        regions=fingerprint.regions,
+        regions_class_order=fingerprint.regions_class_order,
+        ignore_label=fingerprint.ignore_label,
     )
     plans.validate(f"plans of {fingerprint.task}")
     return plans
@@ -253,7 +259,10 @@ def _plan_3d(configs: dict[str, ConfigurationPlan], sp_t: list[float], med_t: li
     coverage = math.prod(fit3d.topology.patch_size) / math.prod(med_t)
     fullres_why = f"3d_fullres: 3D data, median shape {_fmt(med_t)}; patch covers {coverage:.0%} of it"
     lowres = None
-    if coverage < LOWRES_TRIGGER:
+    if coverage < LOWRES_TRIGGER and not budget.cascade_channels:
+        plans_why.append("no cascade for region-based labels: the first stage's prediction is not one label per "
+                         "class; 3d_fullres alone")
+    elif coverage < LOWRES_TRIGGER:
         lowres = _plan_lowres(sp_t, med_t, n_cases, budget, norm)
         if lowres is not None:
             lowres_cfg, lowres_median = lowres
@@ -319,7 +328,7 @@ def _plan_lowres(
 
 def _cascade_from(fullres: ConfigurationPlan, budget: _Budget) -> ConfigurationPlan:
     """3d_cascade_fullres: fullres grid and data, plus the one-hot lowres prediction as input."""
-    extra = budget.num_classes - 1
+    extra = budget.cascade_channels
     est = estimate_training_memory_bytes(fullres.network, fullres.patch_size, fullres.batch_size,
                                          budget.in_channels + extra, budget.num_classes)
     reasons = dict(fullres.reasons)
@@ -360,6 +369,19 @@ def _plans_reasons(configs: dict[str, ConfigurationPlan], spacing_reason: str, n
         "memory": (f"budget {_gb(budget.bytes)} = GPU memory x safety margin "
                    f"{DEFAULT_CONSTANTS.planning_safety_margin:g} ({budget.architecture}, mixed precision)"),
     }
+
+
+def _label_reasons(fingerprint: Fingerprint) -> dict[str, str]:
+    """Why the network has the outputs it has, where that is not one softmax channel per label."""
+    parts = []
+    if fingerprint.regions:
+        listed = ", ".join(f"{r.name} {r.values}" for r in fingerprint.regions)
+        parts.append(f"{len(fingerprint.regions)} overlapping regions ({listed}), one sigmoid output each; painted "
+                     f"back in the order {fingerprint.regions_class_order}")
+    if fingerprint.ignore_label is not None:
+        parts.append(f"value {fingerprint.ignore_label} is the ignore label: unannotated voxels, no output "
+                     f"channel, left out of the loss, sampling and evaluation")
+    return {"labels": "; ".join(parts)} if parts else {}
 
 
 def plan_and_save(

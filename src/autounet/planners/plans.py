@@ -21,6 +21,7 @@ from autounet.io.json_schema import from_dict, to_dict
 from autounet.networks.description import NetworkPlan
 from autounet.planners.spacing import ANISOTROPY_THRESHOLD
 from autounet.task.fingerprint import IntensityProperties
+from autounet.task.labels import Region
 
 PLANS_VERSION = 1
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
@@ -113,10 +114,45 @@ class Plans:
     version: int = PLANS_VERSION
     is_2d_data: bool = False
     reasons: dict[str, str] = field(default_factory=dict)
+    regions: list[Region] | None = None
+    regions_class_order: list[int] | None = None
+    ignore_label: int | None = None
 
     @property
     def num_channels(self) -> int:
         return len(self.channel_names)
+
+    @property
+    def has_regions(self) -> bool:
+        return bool(self.regions)
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: one sigmoid per region, else one softmax channel per class."""
+        return len(self.regions) if self.regions else self.num_classes
+
+    @property
+    def output_names(self) -> list[str]:
+        """Foreground output names in channel order: the regions, or the classes after background."""
+        if self.regions:
+            return [r.name for r in self.regions]
+        return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1])][1:]
+
+    @property
+    def region_values(self) -> list[list[int]]:
+        return [list(r.values) for r in self.regions or []]
+
+    @property
+    def evaluation_targets(self) -> list[int | tuple[int, ...]]:
+        """What evaluation, model choice and postprocessing score: the regions, or the foreground labels."""
+        if self.regions:
+            return [tuple(r.values) for r in self.regions]
+        return list(self.label_values[1:])
+
+    @property
+    def annotated_label_values(self) -> list[int]:
+        """The label values and, last, the ignore value: what preprocessing maps to indices 0..K."""
+        return self.label_values + ([self.ignore_label] if self.ignore_label is not None else [])
 
     @property
     def label_values(self) -> list[int]:
@@ -145,6 +181,15 @@ class Plans:
             raise PlansError(f"{where}.transpose_backward: must invert transpose_forward (expected {back})")
         if 0 not in self.labels.values():
             raise PlansError(f"{where}.labels: needs a background label with value 0")
+        if self.ignore_label is not None and self.ignore_label <= max(self.labels.values()):
+            raise PlansError(f"{where}.ignore_label: must be above every label value ({max(self.labels.values())})")
+        if self.regions is not None:
+            if not self.regions or len(self.regions_class_order or []) != len(self.regions):
+                raise PlansError(f"{where}.regions_class_order: needs one entry per region ({len(self.regions)})")
+            for i, region in enumerate(self.regions):
+                if not region.values or set(region.values) - set(self.label_values) or 0 in region.values:
+                    raise PlansError(f"{where}.regions[{i}].values: must be foreground label values of "
+                                     f"{self.label_values}, got {region.values}")
         for name, cfg in self.configurations.items():
             if cfg.name != name:
                 raise PlansError(f"{where}.configurations.{name}.name: is '{cfg.name}', must equal its key")

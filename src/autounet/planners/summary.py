@@ -28,7 +28,10 @@ def format_plans_table(plans: Plans) -> str:
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = [
-        f"plans for {plans.task}: {plans.num_channels} channel(s), {plans.num_classes} classes, "
+        f"plans for {plans.task}: {plans.num_channels} channel(s), "
+        + (f"{len(plans.regions)} regions ({', '.join(plans.output_names)}), " if plans.regions
+           else f"{plans.num_classes} classes, ")
+        + (f"ignore label {plans.ignore_label}, " if plans.ignore_label is not None else "") +
         f"GPU memory target {plans.gpu_memory_target_gb:g} GB, transpose {plans.transpose_forward}",
         "",
     ]

@@ -42,3 +42,15 @@ def keep_largest_component_of_label(seg: np.ndarray, label: int) -> np.ndarray:
     out = seg.copy()
     out[mask & ~keep] = 0
     return out
+
+
+def keep_largest_component_of_region(seg: np.ndarray, values: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Set the voxels of a region (the union of `values`) outside its largest component to 0."""
+    if 0 in values:
+        raise ValueError("a region cannot contain background (0)")
+    seg = np.asarray(seg)
+    mask = np.isin(seg, list(values))
+    keep = largest_component_mask(mask)
+    out = seg.copy()
+    out[mask & ~keep] = 0
+    return out

@@ -12,6 +12,11 @@ Step 2 only turns voxels of one label into background, which cannot change any o
 mask, so the chained steps are evaluated in a single pass over the cases: per case we compute
 the Dice of every label on the raw prediction, after A, and after keep-largest-of-that-label on
 both starting points. Labels are the values written on disk (not class indices).
+
+For a region task (targets are regions: unions of label values that overlap), removing voxels
+of one region changes the others, so the steps are instead tried one after another, each
+evaluated over every region on the output of the steps accepted before it (one pass over the
+cases per step). Reference voxels of an ignore label count in no Dice.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from autounet.errors import AutounetError, DatasetError
-from autounet.evaluation.evaluate import geometry_differences, list_label_files
+from autounet.evaluation.evaluate import Target, geometry_differences, list_label_files, target_key
 from autounet.evaluation.metrics import dice
 from autounet.io.images import read_label, write_label
 from autounet.io.json_schema import from_dict, to_dict
@@ -53,39 +59,50 @@ def _mean_ignoring_nan(values: list[float]) -> float:
     return float(np.mean(kept)) if kept else float("nan")
 
 
-def _case_dice_table(item: tuple[str, str, tuple[int, ...]]) -> dict[str, dict[int, float]]:
-    """Worker: per-label Dice of one case under every candidate step (see the module docstring)."""
-    pred_path, ref_path, labels = item
+def _read_pair(pred_path: str, ref_path: str, ignore_label: int | None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Prediction, reference and the annotated-voxel mask (None without an ignore label)."""
     pred, pred_geo = read_label(pred_path)
     ref, ref_geo = read_label(ref_path)
     diffs = geometry_differences(ref_geo, pred_geo, ref.shape, pred.shape)
     if diffs:
         raise DatasetError(f"{pred_path}: grid differs from reference {ref_path}: " + "; ".join(diffs))
+    return pred, ref, (None if ignore_label is None else ref != ignore_label)
+
+
+def _dice(ref_mask: np.ndarray, pred_mask: np.ndarray, annotated: np.ndarray | None) -> float:
+    return dice(ref_mask, pred_mask) if annotated is None else dice(ref_mask & annotated, pred_mask & annotated)
+
+
+def _case_dice_table(item: tuple[str, str, tuple[int, ...], int | None]) -> dict[str, dict[int, float]]:
+    """Worker: per-label Dice of one case under every candidate step (see the module docstring)."""
+    pred_path, ref_path, labels, ignore_label = item
+    pred, ref, annotated = _read_pair(pred_path, ref_path, ignore_label)
     largest_fg = keep_largest_foreground_component(pred)
     table: dict[str, dict[int, float]] = {"raw": {}, "largest_fg": {}, "label_from_raw": {}, "label_from_fg": {}}
     for v in labels:
         ref_mask = ref == v
-        table["raw"][v] = dice(ref_mask, pred == v)
-        table["largest_fg"][v] = dice(ref_mask, largest_fg == v)
-        table["label_from_raw"][v] = dice(ref_mask, keep_largest_component_of_label(pred, v) == v)
-        table["label_from_fg"][v] = dice(ref_mask, keep_largest_component_of_label(largest_fg, v) == v)
+        table["raw"][v] = _dice(ref_mask, pred == v, annotated)
+        table["largest_fg"][v] = _dice(ref_mask, largest_fg == v, annotated)
+        table["label_from_raw"][v] = _dice(ref_mask, keep_largest_component_of_label(pred, v) == v, annotated)
+        table["label_from_fg"][v] = _dice(ref_mask, keep_largest_component_of_label(largest_fg, v) == v, annotated)
     return table
+
+
+def _region_case_dice(item: tuple[str, str, tuple[tuple[int, ...], ...], int | None, dict[str, Any]]
+                      ) -> dict[str, float]:
+    """Worker: Dice of every region of one case after applying a (candidate) decision."""
+    pred_path, ref_path, regions, ignore_label, decision_dict = item
+    pred, ref, annotated = _read_pair(pred_path, ref_path, ignore_label)
+    pred = apply_postprocessing(pred, from_dict(PostprocessingDecision, decision_dict, "candidate decision"))
+    return {target_key(r): _dice(np.isin(ref, r), np.isin(pred, r), annotated) for r in regions}
 
 
 def _means(tables: list[dict[str, dict[int, float]]], key: str, labels: tuple[int, ...]) -> _Means:
     return _Means({v: _mean_ignoring_nan([t[key][v] for t in tables]) for v in labels})
 
 
-def determine_postprocessing(
-    pred_dir: str | os.PathLike[str],
-    ref_dir: str | os.PathLike[str],
-    label_values: list[int] | tuple[int, ...],
-    num_workers: int = 0,
-) -> PostprocessingDecision:
-    """Decide the cleanup on the predictions in `pred_dir` against same-named references in `ref_dir`."""
-    labels = tuple(int(v) for v in label_values if int(v) != 0)
-    if not labels:
-        raise AutounetError("determine_postprocessing: no foreground labels given")
+def _paired_files(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
+    """(name, prediction, reference) of every prediction; a prediction without reference is refused."""
     preds = list_label_files(pred_dir)
     refs = list_label_files(ref_dir)
     if not preds:
@@ -93,8 +110,29 @@ def determine_postprocessing(
     orphans = sorted(set(preds) - set(refs))
     if orphans:
         raise DatasetError(f"{ref_dir}: no reference for prediction(s) {', '.join(orphans[:10])}; check the folders")
-    names = sorted(preds)
-    items = [(str(preds[n]), str(refs[n]), labels) for n in names]
+    return [(n, str(preds[n]), str(refs[n])) for n in sorted(preds)]
+
+
+def determine_postprocessing(
+    pred_dir: str | os.PathLike[str],
+    ref_dir: str | os.PathLike[str],
+    label_values: Sequence[Target],
+    num_workers: int = 0,
+    ignore_label: int | None = None,
+) -> PostprocessingDecision:
+    """Decide the cleanup on the predictions in `pred_dir` against same-named references in `ref_dir`.
+
+    `label_values` are the foreground labels, or the regions (sequences of label values) of a region task.
+    """
+    if any(not isinstance(v, (int, np.integer)) for v in label_values):
+        regions = tuple(tuple(int(x) for x in v) for v in label_values)  # type: ignore[union-attr]
+        return _decide_regions(pred_dir, ref_dir, regions, num_workers, ignore_label)
+    labels = tuple(int(v) for v in label_values if int(v) != 0)  # type: ignore[arg-type]
+    if not labels:
+        raise AutounetError("determine_postprocessing: no foreground labels given")
+    pairs = _paired_files(pred_dir, ref_dir)
+    names = [n for n, _, _ in pairs]
+    items = [(pred, ref, labels, ignore_label) for _, pred, ref in pairs]
     tables = run_parallel(_case_dice_table, items, names, num_workers, desc="postprocessing",
                           show_progress=len(items) > 1)
 
@@ -126,6 +164,45 @@ def determine_postprocessing(
         foreground_mean_after=current.foreground,
         decided_on=str(pred_dir),
         num_cases=len(tables),
+    )
+
+
+def _decide_regions(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLike[str],
+                    regions: tuple[tuple[int, ...], ...], num_workers: int,
+                    ignore_label: int | None) -> PostprocessingDecision:
+    """The same two kinds of step for regions, tried in turn on the output of the accepted ones."""
+    pairs = _paired_files(pred_dir, ref_dir)
+    names = [n for n, _, _ in pairs]
+
+    def means(decision: PostprocessingDecision) -> dict[str, float]:
+        items = [(pred, ref, regions, ignore_label, to_dict(decision)) for _, pred, ref in pairs]
+        rows = run_parallel(_region_case_dice, items, names, num_workers, desc="postprocessing",
+                            show_progress=len(items) > 1)
+        return {target_key(r): _mean_ignoring_nan([row[target_key(r)] for row in rows]) for r in regions}
+
+    def fg(m: dict[str, float]) -> float:
+        return _mean_ignoring_nan(list(m.values()))
+
+    def step(keep_fg: bool, kept: list[list[int]]) -> PostprocessingDecision:
+        return PostprocessingDecision(keep_fg, [], {}, {}, 0.0, 0.0, str(pred_dir), len(pairs),
+                                      keep_largest_per_region=kept)
+
+    before = means(step(False, []))
+    after_fg = means(step(True, []))
+    accept_fg = fg(after_fg) > fg(before) and all(not (after_fg[k] < before[k]) for k in before)
+    log.info("largest foreground component: foreground Dice %.4f -> %.4f, %s", fg(before), fg(after_fg),
+             "accepted" if accept_fg else "rejected")
+    current, kept = (after_fg if accept_fg else before), []
+    for region in regions if len(regions) > 1 else ():
+        candidate = means(step(accept_fg, [*kept, list(region)]))
+        key = target_key(region)
+        if candidate[key] > current[key] and fg(candidate) >= fg(current):
+            log.info("largest component of region %s: Dice %.4f -> %.4f, accepted", key, current[key], candidate[key])
+            current, kept = candidate, [*kept, list(region)]
+    return PostprocessingDecision(
+        keep_largest_foreground=bool(accept_fg), keep_largest_per_label=[], dice_before=before, dice_after=current,
+        foreground_mean_before=fg(before), foreground_mean_after=fg(current), decided_on=str(pred_dir),
+        num_cases=len(pairs), keep_largest_per_region=kept,
     )
 
 

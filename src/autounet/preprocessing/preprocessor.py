@@ -162,7 +162,7 @@ def preprocess_case(
     seg_out: np.ndarray | None = None
     locations: dict[int, np.ndarray] = {}
     if seg is not None:
-        indices = label_values_to_indices(seg_c, plans.label_values)
+        indices = label_values_to_indices(seg_c, plans.annotated_label_values)  # ignore -> index K
         seg_out = resample_segmentation(indices, new_shape, spacing, target_spacing, order=rs.order_seg,
                                         order_z=rs.order_z, threshold=rs.anisotropy_threshold,
                                         force_separate_axis=separate_axis)

@@ -303,6 +303,8 @@ def _section_cv(data: ReportData) -> str:
     if not data.validation:
         return "<p class=note>No validation results yet (written at the end of each fold).</p>"
     names = {str(v): k for k, v in (data.plans.labels.items() if data.plans else [])}
+    if data.plans is not None and data.plans.regions:
+        names = {",".join(str(v) for v in r.values): r.name for r in data.plans.regions}
     parts = []
     for run, folds in data.validation.items():
         per_label: dict[str, list[float]] = {}
@@ -315,7 +317,7 @@ def _section_cv(data: ReportData) -> str:
             for case, dice in case_dice_rows(summary):
                 case_rows.append([case, fold, dice])
         label_rows = [[f"{k}: {names.get(k, k)}", float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else float("nan"), len(v)]
-                      for k, v in sorted(per_label.items(), key=lambda kv: int(kv[0]))]
+                      for k, v in sorted(per_label.items(), key=lambda kv: [int(x) for x in kv[0].split(",")])]
         means = [r[1] for r in label_rows if not math.isnan(r[1])]
         label_rows.append(["foreground mean", float(np.mean(means)) if means else float("nan"), ""])
         case_rows.sort(key=lambda r: (math.isnan(r[2]), r[2]))

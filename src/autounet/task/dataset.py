@@ -20,6 +20,14 @@ from autounet.io.atomic import TMP_PREFIX, read_json
 from autounet.io.images import SUPPORTED_ENDINGS, file_ending, image_channel_count, split_channel_suffix
 from autounet.core.task_names import TASK_FOLDER, match_task_names
 from autounet.core.workspace import Workspace
+from autounet.task.labels import (
+    LabelSpec,
+    Region,
+    check_label_spec,
+    named_from_msd,
+    parse_named_labels,
+    with_regions_class_order,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,9 @@ class TaskDataset:
     file_ending: str
     training: list[CaseFiles] = field(default_factory=list)
     test: list[CaseFiles] = field(default_factory=list)
+    regions: list[Region] | None = None
+    regions_class_order: list[int] | None = None
+    ignore_label: int | None = None
 
     @property
     def num_channels(self) -> int:
@@ -57,8 +68,13 @@ class TaskDataset:
 
     @property
     def label_values(self) -> list[int]:
-        """Declared label values, sorted (index i of a prediction is written as value i)."""
+        """Declared label values, sorted (index i of a prediction is written as value i); not the ignore value."""
         return sorted(set(self.labels.values()))
+
+    @property
+    def allowed_label_values(self) -> list[int]:
+        """Every value a label map may hold: the label values and the ignore value."""
+        return self.label_values + ([self.ignore_label] if self.ignore_label is not None else [])
 
     @property
     def dataset_json(self) -> Path:
@@ -73,6 +89,9 @@ class TaskDataset:
             "file_ending": self.file_ending,
             "layout": self.layout,
             "numTraining": len(self.training),
+            **({"regions": {r.name: list(r.values) for r in self.regions},
+                "regions_class_order": list(self.regions_class_order or [])} if self.regions else {}),
+            **({"ignore_label": self.ignore_label} if self.ignore_label is not None else {}),
         }
 
 
@@ -174,18 +193,13 @@ def _channel_names(raw: Any, js_path: Path, key: str) -> dict[str, str]:
     return {str(int(k)): str(v) for k, v in sorted(raw.items(), key=lambda kv: int(kv[0]))}
 
 
-def _check_labels(labels: dict[str, int], js_path: Path) -> dict[str, int]:
-    values = list(labels.values())
-    if len(values) > MAX_LABELS:
-        raise DatasetError(f"{js_path}: 'labels' declares {len(values)} labels, more than the {MAX_LABELS} a network "
-                           f"can be planned for; merge labels or check the file")
-    if len(set(values)) != len(values):
-        raise DatasetError(f"{js_path}: 'labels' gives the same value to several names ({labels}); make them unique")
-    if 0 not in values:
-        raise DatasetError(f"{js_path}: 'labels' must declare background as 0; add \"background\": 0")
-    if any(v < 0 for v in values):
-        raise DatasetError(f"{js_path}: 'labels' values must be >= 0; got {sorted(values)}")
-    return dict(sorted(labels.items(), key=lambda kv: kv[1]))
+def _label_spec(named: dict[str, Any], data: dict[str, Any], js_path: Path) -> LabelSpec:
+    """Classes, regions and the ignore label from name -> value(s), checked; errors name the key."""
+    spec = parse_named_labels(named, str(js_path))
+    spec = with_regions_class_order(spec, data.get("regions_class_order"), str(js_path))
+    check_label_spec(spec, MAX_LABELS, str(js_path))
+    return LabelSpec(dict(sorted(spec.labels.items(), key=lambda kv: kv[1])), spec.regions,
+                     spec.regions_class_order, spec.ignore_label)
 
 
 def _load_msd(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset:
@@ -193,19 +207,7 @@ def _load_msd(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset:
     raw_labels = _require(data, "labels", js_path, "MSD")
     if not isinstance(raw_labels, dict):
         raise DatasetError(f"{js_path}: 'labels' must be an object like {{\"0\": \"background\", \"1\": \"tumour\"}}")
-    labels: dict[str, int] = {}
-    for key, value in raw_labels.items():
-        try:
-            number = int(key)
-        except ValueError:
-            raise DatasetError(
-                f"{js_path}: 'labels' key '{key}' is not an integer; MSD labels map integer values to names"
-            ) from None
-        if str(value) in labels:
-            raise DatasetError(f"{js_path}: 'labels' gives the name '{value}' to values {labels[str(value)]} and "
-                               f"{number}; names must be unique (merge the values in the label maps or rename one)")
-        labels[str(value)] = number
-    labels = _check_labels(labels, js_path)
+    spec = _label_spec(named_from_msd(raw_labels, str(js_path)), data, js_path)
     training_raw = _require(data, "training", js_path, "MSD")
     if not isinstance(training_raw, list):
         raise DatasetError(f"{js_path}: 'training' must be a list of {{\"image\": ..., \"label\": ...}}")
@@ -226,8 +228,9 @@ def _load_msd(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset:
         )
     first = training[0].images[0].name if training else (test[0].images[0].name if test else ".nii.gz")
     return TaskDataset(
-        name=root.name, root=root, layout="msd", channel_names=channels, labels=labels,
-        file_ending=file_ending(first) or ".nii.gz", training=training, test=test,
+        name=root.name, root=root, layout="msd", channel_names=channels, labels=spec.labels,
+        file_ending=file_ending(first) or ".nii.gz", training=training, test=test, regions=spec.regions,
+        regions_class_order=spec.regions_class_order, ignore_label=spec.ignore_label,
     )
 
 
@@ -280,15 +283,7 @@ def _load_nnunet(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset
     raw_labels = _require(data, "labels", js_path, "nnU-Net")
     if not isinstance(raw_labels, dict):
         raise DatasetError(f"{js_path}: 'labels' must be an object like {{\"background\": 0, \"tumour\": 1}}")
-    labels: dict[str, int] = {}
-    for key, value in raw_labels.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DatasetError(
-                f"{js_path}: 'labels.{key}' must be an integer, got {value!r} "
-                "(region-based label lists are not supported); use name -> integer"
-            )
-        labels[str(key)] = value
-    labels = _check_labels(labels, js_path)
+    spec = _label_spec(dict(raw_labels), data, js_path)
     num = _require(data, "numTraining", js_path, "nnU-Net")
     if isinstance(num, bool) or not isinstance(num, int):
         raise DatasetError(f"{js_path}: 'numTraining' must be an integer, got {num!r}")
@@ -308,7 +303,8 @@ def _load_nnunet(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset
         )
     test = _scan_channel_files(root / "imagesTs", root / "labelsTs", ending, len(channels), False)
     return TaskDataset(
-        name=root.name, root=root, layout="nnunet", channel_names=channels, labels=labels,
+        name=root.name, root=root, layout="nnunet", channel_names=channels, labels=spec.labels,
+        regions=spec.regions, regions_class_order=spec.regions_class_order, ignore_label=spec.ignore_label,
         file_ending=ending, training=training, test=test,
     )
 

@@ -34,6 +34,8 @@ from autounet.task.dataset import TaskDataset, load_task, task_id_from_name
 log = logging.getLogger(__name__)
 
 DEMO_LABELS = {"0": "background", "1": "organ", "2": "lesion"}
+DEMO_IGNORE = 3
+"""The ignore value of a sparse demo task: above every label, as nnU-Net requires."""
 _MEANS = {"body": 100.0, "organ": 165.0, "lesion": 235.0}
 
 # Signed permutation matrices (row-major, SimpleITK order) plus one oblique rotation: the
@@ -153,12 +155,19 @@ def write_demo_task(
     num_test: int | None = None,
     seed: int = 0,
     name: str | None = None,
+    regions: bool = False,
+    sparse_every: int = 0,
 ) -> Path:
     """Write a synthetic MSD-layout task into `out_dir/<name>` and return that folder.
 
     Defaults: 3D `Task01_Demo` with 24 training + 6 test cases, 2D `Task02_Demo2D` with
     40 + 8. labelsTs is written too so that predictions on the test cases can be evaluated.
     The same seed gives the same files.
+
+    `regions` declares the labels as two overlapping regions (the organ with its lesion, and the
+    lesion), the way BraTS-style tasks are written. `sparse_every` N > 1 keeps the training labels
+    of every N-th slice along the first array axis only and marks the rest with the ignore label
+    (test labels stay dense, for evaluation).
     """
     if num_training is None:
         num_training = 40 if two_d else 24
@@ -166,6 +175,8 @@ def write_demo_task(
         num_test = 8 if two_d else 6
     if num_training < 1 or num_test < 0:
         raise ValueError("num_training must be >= 1 and num_test >= 0")
+    if sparse_every < 0 or sparse_every == 1:
+        raise ValueError("sparse_every must be 0 (dense) or at least 2")
     root = Path(out_dir) / (name or ("Task02_Demo2D" if two_d else "Task01_Demo"))
     training, test = [], []
     for index in range(num_training + num_test):
@@ -173,7 +184,8 @@ def write_demo_task(
         case = make_demo_case(np.random.default_rng([seed, index, int(two_d)]), two_d=two_d)
         split = "Tr" if index < num_training else "Ts"
         write_image(case.image, case.geometry, root / f"images{split}" / f"{case_id}.nii.gz")
-        write_label(case.seg, case.geometry, root / f"labels{split}" / f"{case_id}.nii.gz")
+        seg = case.seg if split == "Ts" else sparsify(case.seg, sparse_every)
+        write_label(seg, case.geometry, root / f"labels{split}" / f"{case_id}.nii.gz")
         if split == "Tr":
             training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
         else:
@@ -186,7 +198,7 @@ def write_demo_task(
         "release": "1.0",
         "tensorImageSize": "3D",
         "modality": {"0": "MR"},
-        "labels": dict(DEMO_LABELS),
+        **demo_labels(regions, sparse_every),
         "numTraining": num_training,
         "numTest": num_test,
         "training": training,
@@ -194,6 +206,30 @@ def write_demo_task(
     })
     log.info("wrote demo task %s (%d training, %d test cases)", root, num_training, num_test)
     return root
+
+
+def demo_labels(regions: bool, sparse_every: int) -> dict[str, object]:
+    """The dataset.json label entries of a demo task (classes or regions, with or without ignore)."""
+    if not regions:
+        labels: dict[str, object] = dict(DEMO_LABELS)
+        if sparse_every:
+            labels[str(DEMO_IGNORE)] = "ignore"
+        return {"labels": labels}
+    named: dict[str, object] = {"background": 0, "organ_with_lesion": [1, 2], "lesion": [2]}
+    if sparse_every:
+        named["ignore"] = DEMO_IGNORE
+    return {"labels": named, "regions_class_order": [1, 2]}
+
+
+def sparsify(seg: np.ndarray, every: int) -> np.ndarray:
+    """Keep the labels of every `every`-th slice along axis 0 (starting at the middle one's phase);
+    every other voxel becomes the ignore label. 0 keeps the map dense."""
+    if not every:
+        return seg
+    out = np.full_like(seg, DEMO_IGNORE)
+    phase = (seg.shape[0] // 2) % every
+    out[phase::every] = seg[phase::every]
+    return out
 
 
 def convert_msd_to_nnunet(
@@ -222,10 +258,15 @@ def convert_msd_to_nnunet(
 
 
 def _nnunet_json(task: TaskDataset, short_name: str) -> dict[str, object]:
+    labels: dict[str, object] = ({"background": 0, **{r.name: list(r.values) for r in task.regions}} if task.regions
+                                 else dict(task.labels))
+    if task.ignore_label is not None:
+        labels["ignore"] = task.ignore_label
     return {
         "name": short_name,
         "channel_names": dict(task.channel_names),
-        "labels": dict(task.labels),
+        "labels": labels,
+        **({"regions_class_order": list(task.regions_class_order or [])} if task.regions else {}),
         "numTraining": len(task.training),
         "file_ending": ".nii.gz",
     }

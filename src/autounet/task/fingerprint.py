@@ -20,6 +20,7 @@ from autounet.errors import PlansError
 from autounet.io.atomic import read_json, write_json
 from autounet.io.geometry import Geometry
 from autounet.io.json_schema import from_dict, to_dict
+from autounet.task.labels import Region
 
 if TYPE_CHECKING:
     from autounet.task.dataset import CaseFiles, TaskDataset
@@ -82,6 +83,9 @@ class Fingerprint:
     seed: int
     file_ending: str = ".nii.gz"
     version: int = FINGERPRINT_VERSION
+    regions: list[Region] | None = None
+    regions_class_order: list[int] | None = None
+    ignore_label: int | None = None
 
     @property
     def spacings(self) -> list[list[float]]:
@@ -110,6 +114,7 @@ class _WorkItem:
     max_samples: int
     max_read_bytes: int | None = None
     nifti_transform: str | None = None
+    ignore_label: int | None = None
 
 
 def planning_spacing(geometry: Geometry, shape_zyx: tuple[int, ...]) -> list[float]:
@@ -149,18 +154,21 @@ def case_fingerprint(
     geometry: Geometry,
     rng: np.random.Generator,
     max_samples: int,
+    ignore_label: int | None = None,
 ) -> tuple[CaseFingerprint, list[np.ndarray]]:
     """Fingerprint of one case from its arrays: image (C, Z, Y, X), seg (Z, Y, X).
 
     Returns the record and, per channel, up to `max_samples` foreground intensities (seg > 0
     inside the crop) drawn without replacement by `rng` (all of them when there are fewer).
+    Voxels of the ignore label are unannotated, not foreground, and are not sampled.
     """
     if image.ndim != 4 or seg.shape != image.shape[1:]:
         raise ValueError(f"{case_id}: image {image.shape} must be (C, Z, Y, X) and seg {seg.shape} (Z, Y, X) like it")
     bbox = nonzero_bbox(image)
     crop = tuple(slice(a, b) for a, b in bbox)
     cropped_seg = seg[crop]
-    foreground = np.flatnonzero(cropped_seg > 0)
+    annotated = cropped_seg > 0 if ignore_label is None else (cropped_seg > 0) & (cropped_seg != ignore_label)
+    foreground = np.flatnonzero(annotated)
     if foreground.size > max_samples:
         foreground = np.sort(rng.choice(foreground, size=max_samples, replace=False))
     samples = [np.ascontiguousarray(image[(c, *crop)].ravel()[foreground], dtype=np.float32)
@@ -203,7 +211,8 @@ def _fingerprint_worker(item: _WorkItem) -> tuple[CaseFingerprint, list[np.ndarr
     image, geometry = read_channels(item.case.images, item.max_read_bytes, item.nifti_transform)
     seg, _ = read_label(item.case.label, item.max_read_bytes, item.nifti_transform)
     rng = np.random.default_rng(list(item.seed))
-    record, samples = case_fingerprint(item.case.case_id, image, seg, geometry, rng, item.max_samples)
+    record, samples = case_fingerprint(item.case.case_id, image, seg, geometry, rng, item.max_samples,
+                                       item.ignore_label)
     return record, samples, bool(geometry.is_2d)
 
 
@@ -226,16 +235,19 @@ def extract_fingerprint(
         raise PlansError(f"{task.root}: task has no training cases to fingerprint; add cases to imagesTr/labelsTr")
     per_case = max(1, sample_budget // len(cases))
     items = [_WorkItem(case=c, seed=(seed, i), max_samples=per_case, max_read_bytes=max_read_bytes,
-                        nifti_transform=nifti_transform)
+                        nifti_transform=nifti_transform, ignore_label=task.ignore_label)
              for i, c in enumerate(cases)]
     from autounet.core.parallel import run_parallel
 
     results = run_parallel(_fingerprint_worker, items, [c.case_id for c in cases], num_workers,
                            desc="fingerprint", show_progress=show_progress)
-    return assemble_fingerprint(
+    fingerprint = assemble_fingerprint(
         task=task.name, channel_names=dict(task.channel_names), labels=dict(task.labels),
         file_ending=task.file_ending, results=results, num_samples_per_channel=per_case * len(cases), seed=seed,
     )
+    fingerprint.regions, fingerprint.regions_class_order = task.regions, task.regions_class_order
+    fingerprint.ignore_label = task.ignore_label
+    return fingerprint
 
 
 def assemble_fingerprint(

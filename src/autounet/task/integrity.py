@@ -80,7 +80,7 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
         return report
     if task.layout == "nnunet":
         report.errors.extend(_undeclared_channel_files(task))
-    jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.label_values), max_read_bytes,
+    jobs = [_CaseJob(c, task.layout, task.channel_names, tuple(task.allowed_label_values), max_read_bytes,
                      accept_label_geometry, nifti_transform) for c in task.training]
     results = run_parallel(
         check_case, jobs, [c.case_id for c in task.training], num_workers, desc="integrity check",
@@ -289,7 +289,7 @@ def _no_foreground_at_all(task: TaskDataset, results: list[_CaseResult]) -> list
     """Every label map is background only: there is nothing to learn, and planning would divide by zero."""
     if any(r.errors for r in results) or not all(r.label_values for r in results):
         return []
-    if set().union(*(r.label_values for r in results)) - {0}:
+    if set().union(*(r.label_values for r in results)) - {0, task.ignore_label}:
         return []
     return [f"{task.dataset_json}: none of the {len(results)} training label maps contains a foreground label "
             f"(all voxels are 0); check that labelsTr holds the right files"]

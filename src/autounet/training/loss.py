@@ -1,8 +1,10 @@
-"""Segmentation losses: soft Dice + cross-entropy, summed over deep-supervision outputs.
+"""Segmentation losses: soft Dice + cross-entropy (classes) or + binary cross-entropy (regions),
+summed over deep-supervision outputs.
 
-Targets are class indices of shape (B, 1, *spatial); voxels labelled -1 (outside the
-nonzero mask, or padding) are ignored by both terms. Losses are computed in float32 even
-under autocast, because the Dice sums overflow/underflow in float16.
+Targets are class indices of shape (B, 1, *spatial); voxels labelled -1 (padding) and, for a
+task with an ignore label, voxels of the ignore index are left out of both terms: they change
+neither the loss nor its gradients. Losses are computed in float32 even under autocast,
+because the Dice sums overflow/underflow in float16.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -1
+
+
+def mask_ignored(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """Class-index targets with the task's ignore index turned into IGNORE_INDEX (-1)."""
+    if ignore_index is None:
+        return target
+    return torch.where(target == ignore_index, torch.full_like(target, IGNORE_INDEX), target)
 
 
 def _one_hot(target: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,19 +66,62 @@ class DiceCELoss(nn.Module):
     """Soft Dice + cross-entropy with weights 1:1 (the reference's label-mode loss)."""
 
     def __init__(self, batch_dice: bool = False, smooth: float = 1e-5, weight_dice: float = 1.0,
-                 weight_ce: float = 1.0) -> None:
+                 weight_ce: float = 1.0, ignore_index: int | None = None) -> None:
         super().__init__()
         self.dice = SoftDiceLoss(batch_dice=batch_dice, smooth=smooth)
         self.weight_dice = weight_dice
         self.weight_ce = weight_ce
+        self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = mask_ignored(target, self.ignore_index)
         idx = target[:, 0].long()
         if bool((idx != IGNORE_INDEX).any()):
             ce = F.cross_entropy(logits.float(), idx, ignore_index=IGNORE_INDEX)
         else:
             ce = logits.float().sum() * 0.0  # nothing to learn from, but keep the graph connected
         return self.weight_dice * self.dice(logits, target) + self.weight_ce * ce
+
+
+class RegionDiceBCELoss(nn.Module):
+    """Soft Dice + binary cross-entropy per region, on one sigmoid output per region (weights 1:1).
+
+    Regions overlap, so each output is its own two-class problem; `index_to_regions` (K, R) says
+    which regions each class index of the target belongs to. Dice is taken over every region
+    (there is no background output); ignored voxels count in neither term.
+    """
+
+    def __init__(self, index_to_regions: torch.Tensor, batch_dice: bool = False, smooth: float = 1e-5,
+                 ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.as_tensor(index_to_regions, dtype=torch.float32), persistent=False)
+        self.batch_dice = batch_dice
+        self.smooth = smooth
+        self.ignore_index = ignore_index
+
+    def region_targets(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, *S) class indices -> (B, R, *S) float region targets and a (B, 1, *S) valid mask."""
+        idx = mask_ignored(target, self.ignore_index).long()
+        valid = idx >= 0
+        safe = idx.clamp(min=0, max=self.table.shape[0] - 1)[:, 0]
+        regions = self.table.to(target.device)[safe]  # (B, *S, R)
+        return regions.movedim(-1, 1) * valid, valid
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        regions, valid = self.region_targets(target)
+        weight = valid.float().expand_as(logits)
+        count = weight.sum()
+        if count > 0:
+            bce = (F.binary_cross_entropy_with_logits(logits, regions, reduction="none") * weight).sum() / count
+        else:
+            bce = logits.sum() * 0.0  # nothing to learn from, but keep the graph connected
+        probs = torch.sigmoid(logits) * weight
+        axes = [0, *range(2, probs.ndim)] if self.batch_dice else list(range(2, probs.ndim))
+        intersection = (probs * regions).sum(axes)
+        denominator = probs.sum(axes) + regions.sum(axes)
+        dice = (2.0 * intersection + self.smooth) / torch.clamp(denominator + self.smooth, min=1e-8)
+        return (1.0 - dice.mean()) + bce
 
 
 def deep_supervision_weights(num_outputs: int, distributed: bool = False) -> list[float]:

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from autounet.planners.plans import Plans
+from autounet.task.labels import region_index_table
+from autounet.training.loss import DiceCELoss, RegionDiceBCELoss
 
 
 def class_names(plans: Plans) -> list[str]:
-    """Foreground class names in index order (index 1 first)."""
-    return [name for name, _ in sorted(plans.labels.items(), key=lambda kv: kv[1])][1:]
+    """Names of the pseudo-Dice columns: the regions, or the foreground classes in index order."""
+    return plans.output_names
 
 
-def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(3, K-1) TP/FP/FN per foreground class of the argmax prediction; -1 voxels are ignored."""
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int | None = None) -> torch.Tensor:
+    """(3, K-1) TP/FP/FN per foreground class of the argmax prediction; -1 and ignore voxels are skipped."""
     pred = logits.argmax(1)
     tgt = target[:, 0].long()
-    valid = tgt >= 0
+    valid = (tgt >= 0) if ignore_index is None else (tgt >= 0) & (tgt != ignore_index)
     counts = torch.zeros((3, num_classes - 1), dtype=torch.float64, device=logits.device)
     for c in range(1, num_classes):
         p = (pred == c) & valid
@@ -33,6 +38,19 @@ def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: in
         counts[1, c - 1] = (p & ~g).sum()
         counts[2, c - 1] = (~p & g).sum()
     return counts
+
+
+def region_confusion_counts(logits: torch.Tensor, target: torch.Tensor, index_to_regions: torch.Tensor,
+                            ignore_index: int | None = None) -> torch.Tensor:
+    """(3, R) TP/FP/FN per region: predicted where the region's sigmoid exceeds 0.5 (logit > 0)."""
+    tgt = target[:, 0].long()
+    valid = (tgt >= 0) if ignore_index is None else (tgt >= 0) & (tgt != ignore_index)
+    table = torch.as_tensor(index_to_regions, dtype=torch.bool, device=logits.device)
+    truth = table[tgt.clamp(min=0, max=table.shape[0] - 1)].movedim(-1, 1)  # (B, R, *S)
+    pred = (logits > 0) & valid.unsqueeze(1)
+    truth = truth & valid.unsqueeze(1)
+    axes = [0, *range(2, pred.ndim)]
+    return torch.stack([(pred & truth).sum(axes), (pred & ~truth).sum(axes), (~pred & truth).sum(axes)]).double()
 
 
 def dice_from_counts(counts: torch.Tensor) -> list[float]:
@@ -45,3 +63,32 @@ def dice_from_counts(counts: torch.Tensor) -> list[float]:
 def nan_mean(values: Iterable[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
+
+
+@dataclass(frozen=True)
+class TargetMeaning:
+    """How to read a training target of class indices: which index is the ignore label (the last,
+    after the classes) and, for a region task, which regions each index belongs to."""
+
+    num_outputs: int
+    ignore_index: int | None = None
+    region_table: torch.Tensor | None = None
+
+    @classmethod
+    def from_plans(cls, plans: Plans) -> TargetMeaning:
+        table = (torch.from_numpy(region_index_table(plans.label_values, plans.region_values))
+                 if plans.has_regions else None)
+        ignore = len(plans.label_values) if plans.ignore_label is not None else None
+        return cls(plans.num_outputs, ignore, table)
+
+    def loss(self, batch_dice: bool) -> nn.Module:
+        """Dice + BCE per region for a region task, else Dice + cross-entropy over the classes."""
+        if self.region_table is not None:
+            return RegionDiceBCELoss(self.region_table, batch_dice=batch_dice, ignore_index=self.ignore_index)
+        return DiceCELoss(batch_dice=batch_dice, ignore_index=self.ignore_index)
+
+    def confusion_counts(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(3, outputs) TP/FP/FN of one validation batch, per region or per foreground class."""
+        if self.region_table is not None:
+            return region_confusion_counts(logits, target, self.region_table, self.ignore_index)
+        return confusion_counts(logits, target, self.num_outputs, self.ignore_index)

@@ -155,7 +155,7 @@ def validate_fold(
     low-resolution stage whose predictions feed the cascade. Returns the summary (None when
     the task has no gt_segmentations to evaluate against).
     """
-    from autounet.inference.export import logits_to_segmentation_on_original_grid, save_prediction
+    from autounet.inference.export import logits_to_segmentation_on_original_grid, probability_meaning, save_prediction
     from autounet.inference.export import save_probabilities as write_probabilities
     from autounet.inference.sliding_window import sliding_window_logits
     from autounet.preprocessing.case_store import CaseStore
@@ -172,13 +172,15 @@ def validate_fold(
         if previous_stage_dir is not None:
             previous = load_previous_stage(previous_stage_dir, case_id, expected_shape=data.shape[1:])
             data = cascade_input(data, previous, plans.num_classes)
-        logits = sliding_window_logits(network, data, cfg.patch_size, plans.num_classes, step_size=0.5,
-                                       mirror_axes=mirror_axes, device=device, precision=precision)
+        logits = sliding_window_logits(network, data, cfg.patch_size, plans.num_outputs, step_size=0.5,
+                                       mirror_axes=mirror_axes, device=device, precision=precision,
+                                       sigmoid=plans.has_regions)
         seg, probs = logits_to_segmentation_on_original_grid(logits, props, plans, configuration_name,
                                                              return_probabilities=save_probabilities)
         save_prediction(seg, props.geometry, val_dir / f"{case_id}.nii.gz")
         if probs is not None:
-            write_probabilities(probs, plans.label_values, val_dir / f"{case_id}.npz")
+            values, regions = probability_meaning(plans)
+            write_probabilities(probs, values, val_dir / f"{case_id}.npz", regions=regions)
         if next_stage is not None and next_store is not None:
             export_next_stage(logits, props, next_store.properties(case_id), cfg.resampling, next_stage[0])
         log.info("validation case %d/%d: %s", i + 1, len(val_ids), case_id)
@@ -187,7 +189,8 @@ def validate_fold(
         return None
     from autounet.evaluation.evaluate import evaluate_folder
 
-    return evaluate_folder(gt_dir, val_dir, plans.label_values[1:], metrics=("dice",), case_ids=val_ids)
+    return evaluate_folder(gt_dir, val_dir, plans.evaluation_targets, metrics=("dice",), case_ids=val_ids,
+                           ignore_label=plans.ignore_label)
 
 
 @contextlib.contextmanager

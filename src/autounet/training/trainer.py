@@ -49,9 +49,9 @@ from autounet.training.distributed import (
     unwrap_model,
     wrap_model,
 )
-from autounet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
+from autounet.training.loss import DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
 from autounet.training.progress_plot import PLOT_NAME, plot_progress
-from autounet.training.pseudo_dice import class_names, confusion_counts, dice_from_counts, nan_mean
+from autounet.training.pseudo_dice import TargetMeaning, class_names, dice_from_counts, nan_mean
 from autounet.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Trainer:
             threads, why = cpu_threads(settings.threads, self.ctx.world_size)
             torch.set_num_threads(threads)
             log.info("CPU threads for the network: %d (%s)", threads, why)
-        self.num_classes = plans.num_classes
+        self.num_classes = plans.num_outputs  # network outputs: classes, or one per region
         self.class_names = class_names(plans)
         self.previous_stage_dir = Path(previous_stage_dir) if previous_stage_dir is not None else None
         extra = plans.num_classes - 1 if self.previous_stage_dir is not None else 0
@@ -200,7 +200,8 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.lr, momentum=settings.momentum,
                                          nesterov=True, weight_decay=settings.weight_decay)
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.precision) else None
-        base = DiceCELoss(batch_dice=self.cfg.batch_dice)
+        self.targets = TargetMeaning.from_plans(plans)
+        base = self.targets.loss(self.cfg.batch_dice)
         self.base_loss = base
         self.loss = DeepSupervisionLoss(base, deep_supervision_weights(len(self.ds_scales),
                                                                         distributed=self.ctx.enabled))
@@ -329,7 +330,7 @@ class Trainer:
     def validation_step(self, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
         data, targets = self._to_device(batch)
         loss, full = self._forward_loss(data, targets)
-        return float(loss.item()), confusion_counts(full.float(), targets[0], self.num_classes)
+        return float(loss.item()), self.targets.confusion_counts(full.float(), targets[0])
 
     def _next_batch(self, iterator: Iterator[dict[str, Any]], source: Iterable[dict[str, Any]]
                     ) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
@@ -359,7 +360,7 @@ class Trainer:
 
         self.model.eval()
         val_losses = []
-        counts = torch.zeros((3, self.num_classes - 1), dtype=torch.float64, device=self.device)
+        counts = torch.zeros((3, len(self.class_names)), dtype=torch.float64, device=self.device)
         for _ in range(self.settings.val_iters):
             batch, iterators["val"] = self._next_batch(iterators["val"], val_batches)
             loss, c = self.validation_step(batch)
