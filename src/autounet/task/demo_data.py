@@ -222,13 +222,16 @@ def demo_labels(regions: bool, sparse_every: int) -> dict[str, object]:
 
 
 def sparsify(seg: np.ndarray, every: int) -> np.ndarray:
-    """Keep the labels of every `every`-th slice along axis 0 (starting at the middle one's phase);
-    every other voxel becomes the ignore label. 0 keeps the map dense."""
+    """Keep the labels of every `every`-th slice along the first axis longer than one voxel (rows
+    of a 2D image), in phase with the middle slice; every other voxel becomes the ignore label.
+    0 keeps the map dense."""
     if not every:
         return seg
+    axis = next((a for a, n in enumerate(seg.shape) if n > 1), 0)
     out = np.full_like(seg, DEMO_IGNORE)
-    phase = (seg.shape[0] // 2) % every
-    out[phase::every] = seg[phase::every]
+    phase = (seg.shape[axis] // 2) % every
+    kept = (slice(None),) * axis + (slice(phase, None, every),)
+    out[kept] = seg[kept]
     return out
 
 
