@@ -162,3 +162,13 @@ def test_learning_task_case_keeps_geometry_and_moves_anatomy(shared_data_dir: Pa
     moved, _ = learning_task.make_case(flat, sitk.Cast(source > 0, sitk.sitkUInt8), rotated, "CT",
                                        np.random.default_rng(0))
     assert np.abs(sitk.GetArrayFromImage(moved) - crop).mean() > 10
+
+
+def test_sparse_benchmark_split_is_seeded_and_keeps_both_sides() -> None:
+    import sparse_annotations
+
+    ids = [f"c{i:02d}" for i in range(10)]
+    train, held = sparse_annotations.split_cases(ids, 0.2, seed=3)
+    assert len(held) == 2 and sorted(train + held) == ids
+    assert sparse_annotations.split_cases(ids, 0.2, seed=3) == (train, held)
+    assert len(sparse_annotations.split_cases(ids[:2], 0.9, seed=0)[0]) == 1  # never empties the training side

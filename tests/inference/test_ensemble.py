@@ -92,3 +92,22 @@ def test_npz_without_label_values_is_refused(tmp_path):
     save_npz(d2 / "c.npz", probabilities=B)
     with pytest.raises(AutounetError, match=r"c\.npz: needs keys 'probabilities' and 'label_values'"):
         ensemble_folders([d1, d2], tmp_path / "out")
+
+
+def test_region_probabilities_are_averaged_thresholded_and_painted_in_order(tmp_path):
+    """Region files: the mean of each region's sigmoid over the models, > 0.5, painted (1 then 2)."""
+    from autounet.inference.export import save_probabilities
+
+    outer_a = [0.9, 0.9, 0.6, 0.2, 0.7, 0.1]
+    outer_b = [0.8, 0.2, 0.6, 0.6, 0.7, 0.3]  # means 0.85 0.55 0.6 0.4 0.7 0.2
+    inner_a = [0.9, 0.1, 0.2, 0.9, 0.6, 0.0]
+    inner_b = [0.9, 0.1, 0.9, 0.9, 0.2, 0.0]  # means 0.9 0.1 0.55 0.9 0.4 0.0
+    d1, d2, out = tmp_path / "m1", tmp_path / "m2", tmp_path / "ens"
+    for folder, outer, inner in ((d1, outer_a, inner_a), (d2, outer_b, inner_b)):
+        probs = np.asarray([outer, inner], dtype=np.float32).reshape(2, *SHAPE)
+        write_label(np.zeros(SHAPE, np.uint8), GEOMETRY, folder / "c.nii.gz")
+        save_probabilities(probs, [1, 2], folder / "c.npz", regions=True)
+    ensemble_folders([d1, d2], out)
+    seg, _ = read_label(out / "c.nii.gz")
+    # inner painted over outer; voxel 3 is inner only (outer mean 0.4), which still paints it 2
+    assert seg.ravel().tolist() == [2, 1, 2, 2, 1, 0]

@@ -256,3 +256,13 @@ def test_real_ct_with_many_non_contiguous_labels_maps_back_exactly(make_plans: C
     full[box] = restored
     np.testing.assert_array_equal(full.transpose(plans.transpose_backward), seg)
     assert np.isfinite(data).all() and data.min() >= -3.0 - 1e-5 and data.max() <= 3.0 + 1e-5
+
+
+def test_the_ignore_label_becomes_the_index_after_the_classes_and_is_never_sampled() -> None:
+    """Preprocessing maps `ignore` (the highest value) to index K; foreground sampling sees 1..K-1 only."""
+    seg = np.array([[[0, 5, 5, 9, 9, 9, 117, 117]]])  # classes 0, 5, 9; 117 is the ignore value
+    indices = label_values_to_indices(seg, [0, 5, 9] + [117])  # Plans.annotated_label_values
+    assert indices.ravel().tolist() == [0, 1, 1, 2, 2, 2, 3, 3]
+    locations = sample_class_locations(indices, num_classes=3, seed=0)
+    assert 3 not in locations
+    assert {k: len(v) for k, v in locations.items() if len(v)} == {1: 2, 2: 3}

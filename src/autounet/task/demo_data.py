@@ -221,14 +221,14 @@ def demo_labels(regions: bool, sparse_every: int) -> dict[str, object]:
     return {"labels": named, "regions_class_order": [1, 2]}
 
 
-def sparsify(seg: np.ndarray, every: int) -> np.ndarray:
+def sparsify(seg: np.ndarray, every: int, ignore: int = DEMO_IGNORE) -> np.ndarray:
     """Keep the labels of every `every`-th slice along the first axis longer than one voxel (rows
     of a 2D image), in phase with the middle slice; every other voxel becomes the ignore label.
     0 keeps the map dense."""
     if not every:
         return seg
     axis = next((a for a, n in enumerate(seg.shape) if n > 1), 0)
-    out = np.full_like(seg, DEMO_IGNORE)
+    out = np.full_like(seg, ignore)
     phase = (seg.shape[axis] // 2) % every
     kept = (slice(None),) * axis + (slice(phase, None, every),)
     out[kept] = seg[kept]
