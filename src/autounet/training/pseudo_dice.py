@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
-
 import torch
-from torch import nn
 
 from autounet.planners.plans import Plans
-from autounet.task.labels import region_index_table
-from autounet.training.loss import DiceCELoss, RegionDiceBCELoss
 
 
 def class_names(plans: Plans) -> list[str]:
@@ -63,32 +58,3 @@ def dice_from_counts(counts: torch.Tensor) -> list[float]:
 def nan_mean(values: Iterable[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
-
-
-@dataclass(frozen=True)
-class TargetMeaning:
-    """How to read a training target of class indices: which index is the ignore label (the last,
-    after the classes) and, for a region task, which regions each index belongs to."""
-
-    num_outputs: int
-    ignore_index: int | None = None
-    region_table: torch.Tensor | None = None
-
-    @classmethod
-    def from_plans(cls, plans: Plans) -> TargetMeaning:
-        table = (torch.from_numpy(region_index_table(plans.label_values, plans.region_values))
-                 if plans.has_regions else None)
-        ignore = len(plans.label_values) if plans.ignore_label is not None else None
-        return cls(plans.num_outputs, ignore, table)
-
-    def loss(self, batch_dice: bool) -> nn.Module:
-        """Dice + BCE per region for a region task, else Dice + cross-entropy over the classes."""
-        if self.region_table is not None:
-            return RegionDiceBCELoss(self.region_table, batch_dice=batch_dice, ignore_index=self.ignore_index)
-        return DiceCELoss(batch_dice=batch_dice, ignore_index=self.ignore_index)
-
-    def confusion_counts(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(3, outputs) TP/FP/FN of one validation batch, per region or per foreground class."""
-        if self.region_table is not None:
-            return region_confusion_counts(logits, target, self.region_table, self.ignore_index)
-        return confusion_counts(logits, target, self.num_outputs, self.ignore_index)

@@ -51,7 +51,8 @@ from autounet.training.distributed import (
 )
 from autounet.training.loss import DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
 from autounet.training.progress_plot import PLOT_NAME, plot_progress
-from autounet.training.pseudo_dice import TargetMeaning, class_names, dice_from_counts, nan_mean
+from autounet.training.pseudo_dice import class_names, dice_from_counts, nan_mean
+from autounet.training.targets import TargetMeaning
 from autounet.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
