@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--task", default=None, help="task (default: the only preprocessed task)")
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--iters-per-epoch", type=int, default=250)
-    p.add_argument("--val-iters", type=int, default=50, help="validation patches per epoch")
+    p.add_argument("--val-iters", type=int, default=None,
+                   help="validation patches per epoch (default: a fifth of --iters-per-epoch, at most 50)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--workers", type=int, default=None,
                    help="data-loading processes (default: from CPU cores and RAM; 0 = main process)")

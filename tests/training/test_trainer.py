@@ -313,13 +313,22 @@ def test_existing_checkpoints_need_resume_and_init_from_loads_weights(tmp_path: 
     ws = make_toy_workspace(tmp_path)
     settings = fast_settings(epochs=1, iters_per_epoch=2, validate_at_end=False)
     fold_dir = run_training(ws, TASK, "3d_fullres", 0, settings, loader_builder=toy_loader_builder)
-    with pytest.raises(AutounetError, match="--resume"):
-        run_training(ws, TASK, "3d_fullres", 0, settings, loader_builder=toy_loader_builder)
+    # rerunning a finished fold says so and where its results are, and touches nothing
+    stamp = (fold_dir / FINAL).stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="autounet"):
+        assert run_training(ws, TASK, "3d_fullres", 0, settings, loader_builder=toy_loader_builder) == fold_dir
+    assert f"fold 0 is already trained: results in {fold_dir}" in caplog.text
+    assert (fold_dir / FINAL).stat().st_mtime_ns == stamp
+    caplog.clear()
 
     other = fast_settings(epochs=1, iters_per_epoch=3, validate_at_end=False, init_from=str(fold_dir / FINAL))
     with caplog.at_level(logging.INFO, logger="autounet"):
         run_training(ws, TASK, "3d_fullres", 0, other, loader_builder=toy_loader_builder)
     assert "initialised" in caplog.text and f"from {fold_dir / FINAL}" in caplog.text
+    # an interrupted fold (checkpoints but no final one) needs --resume
+    (fold_dir / FINAL).unlink()
+    with pytest.raises(AutounetError, match="--resume"):
+        run_training(ws, TASK, "3d_fullres", 0, settings, loader_builder=toy_loader_builder)
 
 
 def test_init_from_a_corrupt_file_is_refused(tmp_path: Path) -> None:
@@ -362,6 +371,12 @@ def test_cascade_without_lowres_predictions_names_the_folder(tmp_path: Path) -> 
     expected = ws.results(TASK) / "3d_lowres__1ep_1it" / "predicted_next_stage"
     with pytest.raises(AutounetError, match=str(expected).replace("\\", "\\\\")):
         run_training(ws, TASK, "3d_cascade_fullres", "all", settings, loader_builder=toy_loader_builder)
+
+
+def test_validation_patches_default_to_a_fifth_of_the_iterations() -> None:
+    from autounet.training.settings import default_val_iters
+
+    assert [default_val_iters(n) for n in (1, 2, 5, 6, 20, 250, 1000)] == [1, 1, 1, 2, 4, 50, 50]
 
 
 def test_settings_are_validated() -> None:

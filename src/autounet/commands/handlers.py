@@ -69,7 +69,7 @@ def cmd_plans(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from autounet.training.run_training import resolve_task_for_training, run_training
-    from autounet.training.settings import TrainingSettings
+    from autounet.training.settings import TrainingSettings, default_val_iters
 
     ws = _workspace(args)
     folds = args.fold_list
@@ -77,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = TrainingSettings(
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device=args.device, workers=args.workers,
         resume=args.resume, init_from=args.init_from, network=args.network,
-        save_probabilities=args.save_probabilities, seed=args.seed, val_iters=args.val_iters,
+        save_probabilities=args.save_probabilities, seed=args.seed,
+        val_iters=args.val_iters if args.val_iters is not None else default_val_iters(args.iters_per_epoch),
         validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta, threads=args.threads,
         precision=args.precision,
     )
@@ -85,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         fold_dir = run_training(ws, task, args.configuration, fold, settings)
         print(f"fold {fold} finished: {fold_dir}")
     _refresh_report(ws, task)
+    print(f"next: autounet find_best_configuration {task}   |   autounet predict -t {task} -i imagesTs -o preds")
     return 0
 
 

@@ -95,7 +95,7 @@ def logits_to_segmentation_on_original_grid(
         raise ValueError(f"expected logits (K={num_classes}, z, y, x), got shape {tuple(logits.shape)}")
     resample = _resampler(props, plans, configuration_name)
     strategy = choose_export_strategy(return_probabilities)
-    log.info("export of %s: %s, estimated %.2f GiB", props.case_id or "case", strategy.replace("_", " "),
+    log.debug("export of %s: %s, estimated %.2f GiB", props.case_id or "case", strategy.replace("_", " "),
              estimate_export_memory_bytes(props.shape_after_crop, props.shape_before_crop, num_classes,
                                           return_probabilities) / 1024**3)
 

@@ -204,7 +204,7 @@ class Predictor:
         """Label map (Z, Y, X) with label values on the input grid (+ probabilities (K, Z, Y, X) float16)."""
         data, props = self._network_input(image, geometry, case_id)
         self._check_prediction_budget(data.shape[1:], case_id)
-        log.info("%s: preprocessed shape %s, estimated prediction memory %s", case_id or "case",
+        log.debug("%s: preprocessed shape %s, estimated prediction memory %s", case_id or "case",
                  list(data.shape[1:]), self.estimate_memory(data.shape[1:]))
         logits = self.predict_preprocessed(data)
         return logits_to_segmentation_on_original_grid(logits, props, self.plans, self.configuration,

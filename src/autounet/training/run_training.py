@@ -223,6 +223,20 @@ def _copy_run_files(preprocessed: Path, run_dir: Path) -> None:
             write_text(run_dir / name, src.read_text(encoding="utf-8"))
 
 
+def _already_trained(fold_dir: Path, fold: int | str) -> bool:
+    """A fold whose final checkpoint exists and whose run.json says it finished: said, and skipped."""
+    if not (fold_dir / FINAL).is_file() or not (fold_dir / "run.json").is_file():
+        return False
+    try:
+        finished = load_manifest(fold_dir).status == "finished"
+    except AutounetError:
+        return False
+    if finished:
+        log.info("fold %s is already trained: results in %s (checkpoint_final.pt, validation/summary.json); "
+                 "nothing to do. To train it again, delete that folder.", fold, fold_dir)
+    return finished
+
+
 def _prepare_manifest(fold_dir: Path, settings: TrainingSettings, task: str, configuration: str, fold: str,
                       device: torch.device, ctx: DistributedContext) -> RunManifest:
     has_checkpoint = any((fold_dir / n).is_file() for n in (LATEST, FINAL, BEST))
@@ -281,6 +295,8 @@ def run_training(
             in_channels += plans.num_classes - 1
         run_dir = ws.results(task) / run_name(configuration, settings)
         fold_dir = run_dir / fold_folder_name(fold)
+        if not settings.resume and _already_trained(fold_dir, fold):
+            return fold_dir
         if ctx.is_main:
             fold_dir.mkdir(parents=True, exist_ok=True)
             _copy_run_files(preprocessed, run_dir)
@@ -360,6 +376,8 @@ def _validate_at_end(trainer: Trainer, ema_dice: float | None, plans: Plans, con
                      settings: TrainingSettings, previous_dir: Path | None, fold: int | str) -> None:
     """Predict the validation cases whole (and, for 3d_lowres, the cascade's next-stage inputs) and log their Dice."""
     cfg = plans.configuration(configuration)
+    log.info("validating fold %s: predicting its %d validation cases whole%s (--skip-validation skips this)",
+             fold, len(val_ids), ", with mirroring" if settings.validation_mirroring else "")
     next_stage = None
     if cfg.next_stage and configuration == "3d_lowres":
         out = run_dir / NEXT_STAGE_DIR

@@ -17,6 +17,13 @@ from autounet.training.augmentation_switches import AUGMENTATION_NAMES, SPATIAL_
 
 DEFAULT_EPOCHS = 1000
 DEFAULT_ITERS_PER_EPOCH = 250
+MAX_DEFAULT_VAL_ITERS = 50
+
+
+def default_val_iters(iters_per_epoch: int) -> int:
+    """Validation patches per epoch when not given: a fifth of the training iterations (the reference's
+    250 : 50), at most 50, at least 1, so that a 2-iteration test epoch does not validate 50 patches."""
+    return min(MAX_DEFAULT_VAL_ITERS, max(1, -(-iters_per_epoch // 5)))
 DEVICES = ("auto", "cuda", "cpu", "mps")
 
 
@@ -31,7 +38,7 @@ class TrainingSettings:
 
     epochs: int = DEFAULT_EPOCHS
     iters_per_epoch: int = DEFAULT_ITERS_PER_EPOCH
-    val_iters: int = 50
+    val_iters: int = MAX_DEFAULT_VAL_ITERS
     seed: int = 12345
     network: str | None = None
     lr: float = 0.01

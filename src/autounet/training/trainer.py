@@ -400,9 +400,10 @@ class Trainer:
 
     def log_header(self) -> None:
         n_params = sum(p.numel() for p in self.network.parameters())
-        log.info("training %s, fold folder %s: %d training and %d validation cases, %d epochs x %d iterations, "
-                 "device %s (%s)%s", self.configuration_name, self.fold_dir, len(self.train_ids), len(self.val_ids),
-                 self.settings.epochs, self.settings.iters_per_epoch, self.device, self.precision,
+        log.info("training %s, fold folder %s: %d training and %d validation cases, %d epochs x %d iterations "
+                 "+ %d validation patches, device %s (%s)%s", self.configuration_name, self.fold_dir,
+                 len(self.train_ids), len(self.val_ids), self.settings.epochs, self.settings.iters_per_epoch,
+                 self.settings.val_iters, self.device, self.precision,
                  f", {self.ctx.world_size} processes" if self.ctx.enabled else "")
         log.info("network %s: %s parameters; planner's memory estimate %.2f GB (patch %s, batch %d)",
                  self.network_name, f"{n_params:,}", self.cfg.estimated_memory_bytes / 1e9, self.cfg.patch_size,
