@@ -18,8 +18,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from tqdm import tqdm
 
+from autounet.core.progress import Progress
 from autounet.errors import AutounetError, WorkerError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run_parallel(
     if len(items) != len(names):
         raise ValueError("items and names differ in length")
     results: list[Any] = [None] * len(items)
-    bar = tqdm(total=len(items), desc=desc, unit="case", disable=not show_progress, dynamic_ncols=True)
+    bar = Progress(len(items), desc, unit="case", enabled=show_progress)
     try:
         if num_workers <= 0 or len(items) <= 1:
             for i, item in enumerate(items):
@@ -82,7 +82,7 @@ def run_parallel(
                 if not ok:
                     _raise_worker_failure(names[i], value)
                 results[i] = value
-                bar.update(1)
+                bar.update(1, names[i])
             return results
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(num_workers, len(items)), mp_context=ctx) as pool:
@@ -107,7 +107,7 @@ def run_parallel(
                             other.cancel()
                         _raise_worker_failure(names[i], value)
                     results[i] = value
-                    bar.update(1)
+                    bar.update(1, names[i])
         return results
     finally:
         bar.close()

@@ -26,6 +26,7 @@ from autounet.inference.export import save_prediction
 from autounet.inference.export import labels_from_probabilities, probability_meaning
 from autounet.inference.export import save_probabilities as write_probabilities
 from autounet.inference.model_choice import ModelChoice, choose_model
+from autounet.core.progress import Progress
 from autounet.core.run_layout import trained_folds
 from autounet.inference.predictor import Predictor
 from autounet.inference.presets import DEFAULT_PRESET, get_preset, resolve_prediction_settings
@@ -177,11 +178,9 @@ def _predict_cases(cases: list[CaseFiles], predictors: list[Predictor], output_d
                    decision: PostprocessingDecision | None, save_probabilities: bool, resume: bool,
                    show_progress: bool, report: PredictionReport) -> None:
     """Predict case after case into `report`; a failing case is recorded and the others go on."""
-    from tqdm import tqdm
-
-    progress = tqdm(cases, desc="predict", unit="case", disable=not show_progress)
-    for case in progress:
-        progress.set_postfix_str(case.case_id)
+    progress = Progress(len(cases), "predict", unit="case", enabled=show_progress)
+    for case in cases:
+        progress.update(1, case.case_id)
         out = output_dir / output_name(case.case_id, case.images[0])
         if resume and out.is_file() and (not save_probabilities or (output_dir / f"{case.case_id}.npz").is_file()):
             report.skipped.append(case.case_id)

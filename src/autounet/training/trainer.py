@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from autounet.errors import AutounetError, CheckpointError
 from autounet.io.atomic import TMP_PREFIX
 from autounet.io.json_schema import to_dict
 from autounet.networks.precision import autocast, needs_grad_scaler, resolve_precision
+from autounet.core.progress import Progress
 from autounet.core.system import cpu_threads
 from autounet.planners.plans import ConfigurationPlan, Plans
 from autounet.training import metrics_log
@@ -350,23 +350,25 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         losses = []
-        bar = tqdm(range(self.settings.iters_per_epoch), desc=f"epoch {epoch + 1}/{self.settings.epochs}",
-                   leave=False, disable=None if self.ctx.is_main else True)
-        for _ in bar:
-            batch, iterators["train"] = self._next_batch(iterators["train"], train_batches)
-            losses.append(self.train_step(batch))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        bar.close()
+        with Progress(self.settings.iters_per_epoch, f"epoch {epoch + 1}/{self.settings.epochs} training",
+                      enabled=self.ctx.is_main, leave=False) as bar:
+            for _ in range(self.settings.iters_per_epoch):
+                batch, iterators["train"] = self._next_batch(iterators["train"], train_batches)
+                losses.append(self.train_step(batch))
+                bar.update(1, f"loss {losses[-1]:.4f}")
         train_loss = all_reduce_mean(float(np.mean(losses)), self.ctx, self.device)
 
         self.model.eval()
         val_losses = []
         counts = torch.zeros((3, len(self.class_names)), dtype=torch.float64, device=self.device)
-        for _ in range(self.settings.val_iters):
-            batch, iterators["val"] = self._next_batch(iterators["val"], val_batches)
-            loss, c = self.validation_step(batch)
-            val_losses.append(loss)
-            counts += c
+        with Progress(self.settings.val_iters, f"epoch {epoch + 1}/{self.settings.epochs} validation patches",
+                      unit="patch", enabled=self.ctx.is_main, leave=False) as bar:
+            for _ in range(self.settings.val_iters):
+                batch, iterators["val"] = self._next_batch(iterators["val"], val_batches)
+                loss, c = self.validation_step(batch)
+                val_losses.append(loss)
+                counts += c
+                bar.update(1)
         val_loss = all_reduce_mean(float(np.mean(val_losses)) if val_losses else float("nan"), self.ctx, self.device)
         counts = all_reduce_sum(counts, self.ctx)
         dice = dice_from_counts(counts)
