@@ -9,6 +9,7 @@ from importlib import metadata
 from autounet import __version__
 from autounet.networks.precision import cpu_has_native_bf16
 from autounet.core import system
+from autounet.core.run_layout import fold_states
 from autounet.core.workspace import Workspace
 
 PACKAGES = ("torch", "numpy", "scipy", "SimpleITK", "nibabel", "batchgenerators", "matplotlib", "tqdm")
@@ -74,5 +75,10 @@ def doctor_report(workspace: Workspace) -> str:
         raw = sorted(p.name for p in workspace.raw.iterdir() if p.is_dir()) if workspace.raw.is_dir() else []
         rows.append(f"  raw            {', '.join(raw) or '-'}")
         rows.append(f"  preprocessed   {', '.join(workspace.preprocessed_tasks()) or '-'}")
-        rows.append(f"  trained        {', '.join(workspace.trained_tasks()) or '-'}")
+        states = fold_states(workspace)
+        trained = [f"{t} ({done} fold{'s' if done > 1 else ''})" for t, (done, _) in states.items() if done]
+        unfinished = [f"{t} ({open_} fold{'s' if open_ > 1 else ''})" for t, (_, open_) in states.items() if open_]
+        rows.append(f"  trained        {', '.join(trained) or '-'}")
+        rows.append(f"  in training    {', '.join(unfinished) or '-'}  (folds without a final checkpoint: running, "
+                    f"or stopped - continue with --resume)")
     return "\n".join(rows)

@@ -103,7 +103,9 @@ def plan_and_preprocess(
         gpu_memory_gb, source = default_gpu_memory_gb()
     else:
         source = "--gpu-memory"
-    log.info("planning for %.1f GB of GPU memory (%s)", gpu_memory_gb, source)
+    log.info("planning for %.1f GB of GPU memory (%s)%s", gpu_memory_gb, source,
+             "; to plan for the GPU that will train, pass --gpu-memory GB (e.g. --gpu-memory 24)"
+             if source.startswith("default") else "")
     plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory_gb, architecture=architecture)
     save_plans(plans, out / "plans.json")
     planned = list(plans.configurations)

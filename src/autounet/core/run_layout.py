@@ -52,6 +52,19 @@ def trained_folds(run_dir: Path, checkpoint: str = "final") -> list[str]:
     return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
 
 
+def fold_states(workspace: Workspace) -> dict[str, tuple[int, int]]:
+    """Per task in results/: (folds with a final checkpoint, folds still without one: running or stopped)."""
+    states: dict[str, tuple[int, int]] = {}
+    if not workspace.results_root.is_dir():
+        return states
+    for task in sorted(p for p in workspace.results_root.iterdir() if p.is_dir()):
+        folds = [f for f in task.glob(f"*/{FOLD_PREFIX}*") if f.is_dir()]
+        finished = sum(1 for f in folds if (f / FINAL).is_file())
+        if folds:
+            states[task.name] = (finished, len(folds) - finished)
+    return states
+
+
 def configuration_of_run(run_dir: Path) -> str:
     """`3d_fullres__20ep_50it` -> `3d_fullres` (run names carry the configuration first)."""
     return Path(run_dir).name.split(RUN_NAME_SEPARATOR, 1)[0]
