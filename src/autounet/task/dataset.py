@@ -58,9 +58,19 @@ class TaskDataset:
     file_ending: str
     training: list[CaseFiles] = field(default_factory=list)
     test: list[CaseFiles] = field(default_factory=list)
-    regions: list[Region] | None = None
-    regions_class_order: list[int] | None = None
-    ignore_label: int | None = None
+    label_spec: LabelSpec | None = None  # regions and the ignore label, where dataset.json declares them
+
+    @property
+    def regions(self) -> list[Region] | None:
+        return self.label_spec.regions if self.label_spec else None
+
+    @property
+    def regions_class_order(self) -> list[int] | None:
+        return self.label_spec.regions_class_order if self.label_spec else None
+
+    @property
+    def ignore_label(self) -> int | None:
+        return self.label_spec.ignore_label if self.label_spec else None
 
     @property
     def num_channels(self) -> int:
@@ -229,8 +239,7 @@ def _load_msd(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset:
     first = training[0].images[0].name if training else (test[0].images[0].name if test else ".nii.gz")
     return TaskDataset(
         name=root.name, root=root, layout="msd", channel_names=channels, labels=spec.labels,
-        file_ending=file_ending(first) or ".nii.gz", training=training, test=test, regions=spec.regions,
-        regions_class_order=spec.regions_class_order, ignore_label=spec.ignore_label,
+        file_ending=file_ending(first) or ".nii.gz", training=training, test=test, label_spec=spec,
     )
 
 
@@ -304,8 +313,7 @@ def _load_nnunet(root: Path, js_path: Path, data: dict[str, Any]) -> TaskDataset
     test = _scan_channel_files(root / "imagesTs", root / "labelsTs", ending, len(channels), False)
     return TaskDataset(
         name=root.name, root=root, layout="nnunet", channel_names=channels, labels=spec.labels,
-        regions=spec.regions, regions_class_order=spec.regions_class_order, ignore_label=spec.ignore_label,
-        file_ending=ending, training=training, test=test,
+        file_ending=ending, training=training, test=test, label_spec=spec,
     )
 
 
