@@ -13,6 +13,7 @@ predict the held-out cases, and evaluated against the dense labels. Printed: bot
 and mean, their difference, and the goal (sparse within `--tolerance` of dense).
 
     python benchmarks/sparse_annotations.py --epochs 10 --iters 20 --workdir /tmp/sparse
+    python benchmarks/sparse_annotations.py --workdir /tmp/sparse --label-stats   # after a run
 """
 
 from __future__ import annotations
@@ -100,6 +101,39 @@ def run_variant(task_dir: Path, workspace: Path, args: argparse.Namespace) -> di
     return out
 
 
+def batch_label_fractions(preprocessed: Path, configuration: str, batches: int = 30) -> dict[str, float]:
+    """What training batches hold: the annotated fraction of the target and the foreground among annotated
+    voxels, next to the same in the preprocessed cases (padding of patches larger than the images is
+    labelled background, which dilutes sparse labels more than dense ones)."""
+    from autounet.planners.plans import load_plans
+    from autounet.preprocessing.case_store import CaseStore
+    from autounet.training.data_loader import build_dataloaders
+    from autounet.training.loss import deep_supervision_scales
+
+    plans = load_plans(preprocessed / "plans.json")
+    cfg = plans.configuration(configuration)
+    folder = preprocessed / cfg.data_identifier
+    store = CaseStore(folder)
+    ids = store.case_ids()
+    ignore = len(plans.label_values) if plans.ignore_label is not None else None
+    segs = [store.load(c, mmap=False)[1] for c in ids]
+    known = [(s >= 0) & (s != ignore) for s in segs]
+    out = {"annotated_cases": float(np.mean([k.sum() / (s >= 0).sum() for k, s in zip(known, segs)])),
+           "foreground_cases": float(np.mean([(s[k] > 0).mean() for k, s in zip(known, segs)]))}
+    train, val = build_dataloaders(folder, ids, ids[:1], plans, configuration,
+                                   deep_supervision_scales(cfg.network.strides), 0, 1)
+    fractions = []
+    with train, val:
+        iterator = iter(train)
+        for _ in range(batches):
+            target = next(iterator)["target"][0].numpy()
+            annotated = target != ignore if ignore is not None else np.ones(target.shape, dtype=bool)
+            fractions.append((annotated.mean(), (target[annotated] > 0).mean()))
+    out["annotated_batches"] = float(np.mean([a for a, _ in fractions]))
+    out["foreground_batches"] = float(np.mean([f for _, f in fractions]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", type=Path, default=DEFAULT_TASK, help="MSD task folder with labelled training cases")
@@ -113,10 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.05, help="goal: sparse Dice at least dense minus this")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--label-stats", action="store_true",
+                   help="only print what the training batches of the two tasks already in --workdir hold")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.every < 2:
         p.error("--every must be at least 2")
+    if args.label_stats:
+        for name, number in (("dense", 1), ("sparse", 2)):
+            pre = args.workdir / f"ws_{name}" / "preprocessed" / f"Task6{number}_{name.capitalize()}"
+            stats = batch_label_fractions(pre, args.configuration)
+            print(f"{name}: annotated {stats['annotated_cases']:.1%} of the case voxels, {stats['annotated_batches']:.1%} "
+                  f"of the batch voxels; foreground among annotated {stats['foreground_cases']:.1%} in the cases, "
+                  f"{stats['foreground_batches']:.1%} in training batches")
+        return 0
     source = load_task(args.task)
     train_ids, held_ids = split_cases(sorted(c.case_id for c in source.training), args.held_out, args.seed)
     results, fractions = {}, {}
