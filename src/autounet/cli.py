@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--task", default=None, help="task (default: the only preprocessed task)")
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--iters-per-epoch", type=int, default=250)
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log the per-epoch metrics for TensorBoard in fold_N/tensorboard (needs autounet[tensorboard])")
     p.add_argument("--val-iters", type=int, default=None,
                    help="validation patches per epoch (default: a fifth of --iters-per-epoch, at most 50)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])

@@ -386,3 +386,18 @@ def test_settings_are_validated() -> None:
         TrainingSettings(device="tpu").validate()
     assert "device" not in TrainingSettings.identity_fields() and "epochs" in TrainingSettings.identity_fields()
     assert to_dict(TrainingSettings())["lr"] == 0.01
+
+
+def test_tensorboard_mirrors_the_metrics_rows(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ws = make_toy_workspace(tmp_path)
+    settings = fast_settings(epochs=2, iters_per_epoch=2, validate_at_end=False, tensorboard=True)
+    fold_dir = run_training(ws, TASK, "3d_fullres", 0, settings, loader_builder=toy_loader_builder)
+    events = EventAccumulator(str(fold_dir / "tensorboard"))
+    events.Reload()
+    rows = read_rows(fold_dir / "metrics.jsonl")
+    losses = [(e.step, e.value) for e in events.Scalars("train_loss")]
+    assert losses == [(r["epoch"], pytest.approx(r["train_loss"])) for r in rows]
+    assert any(tag.startswith("pseudo_dice/") for tag in events.Tags()["scalars"])

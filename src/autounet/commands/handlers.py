@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities, seed=args.seed,
         val_iters=args.val_iters if args.val_iters is not None else default_val_iters(args.iters_per_epoch),
         validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta, threads=args.threads,
-        precision=args.precision,
+        precision=args.precision, tensorboard=args.tensorboard,
     )
     for fold in folds:
         fold_dir = run_training(ws, task, args.configuration, fold, settings)

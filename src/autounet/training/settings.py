@@ -61,6 +61,7 @@ class TrainingSettings:
     validation_mirroring: bool = _free(True)
     threads: int | None = _free(None)
     precision: str = _free("auto")
+    tensorboard: bool = _free(False)
 
     def validate(self, where: str = "training settings") -> None:
         """Reject impossible values with a message naming the option."""

@@ -53,6 +53,7 @@ from autounet.training.loss import DeepSupervisionLoss, deep_supervision_scales,
 from autounet.training.progress_plot import PLOT_NAME, plot_progress
 from autounet.training.pseudo_dice import class_names, dice_from_counts, nan_mean
 from autounet.training.targets import TargetMeaning
+from autounet.training.tensorboard_log import TensorBoardLog
 from autounet.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -426,6 +427,7 @@ class Trainer:
         if self.state.next_epoch == 0 and self.ctx.is_main:  # a fresh start drops rows of an earlier attempt
             metrics_log.rewrite(self.fold_dir / metrics_log.METRICS_NAME, self.state.history, self.class_names)
         train_batches, val_batches = self._build_loaders()
+        board = TensorBoardLog(self.fold_dir) if self.settings.tensorboard and self.ctx.is_main else None
         try:
             iterators = {"train": iter(train_batches), "val": iter(val_batches)}
             session_times: list[float] = []
@@ -435,14 +437,18 @@ class Trainer:
                 is_best = self._record(epoch, row)
                 if self.ctx.is_main:
                     self._log_epoch(epoch, row, session_times)
-                    metrics_log.append_row(self.fold_dir / metrics_log.METRICS_NAME,
-                                           metrics_log.history_row(self.state.history, epoch, self.class_names))
+                    metrics_row = metrics_log.history_row(self.state.history, epoch, self.class_names)
+                    metrics_log.append_row(self.fold_dir / metrics_log.METRICS_NAME, metrics_row)
+                    if board is not None:
+                        board.write(metrics_row)
                     plot_progress(self.fold_dir / PLOT_NAME, self.state.history)
                     self._save(LATEST)
                     if is_best:
                         log.info("new best EMA pseudo Dice %.4f", self.state.best_ema_dice)
                         self._save(BEST)
         finally:
+            if board is not None:
+                board.close()
             for loader in (train_batches, val_batches):
                 close = getattr(loader, "close", None)
                 if callable(close):
