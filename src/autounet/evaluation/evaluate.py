@@ -152,14 +152,13 @@ Target = int | Sequence[int]
 """What is evaluated: one label value, or a region (the union of several values)."""
 
 
-def target_key(target: Target) -> str:
-    """Summary key of a label ("2") or a region ("1,2,3"; a one-value region reads like its label)."""
-    values = [int(target)] if isinstance(target, (int, np.integer)) else [int(v) for v in target]
-    return ",".join(str(v) for v in values)
-
-
 def _target_values(target: Target) -> list[int]:
     return [int(target)] if isinstance(target, (int, np.integer)) else [int(v) for v in target]
+
+
+def target_key(target: Target) -> str:
+    """Summary key of a label ("2") or a region ("1,2,3"; a one-value region reads like its label)."""
+    return ",".join(str(v) for v in _target_values(target))
 
 
 def evaluate_arrays(ref: np.ndarray, pred: np.ndarray, label_values: Sequence[Target],

@@ -35,6 +35,25 @@ def _one_hot(target: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torc
     return onehot * valid, valid
 
 
+def soft_dice(probs: torch.Tensor, targets: torch.Tensor, batch_dice: bool, smooth: float) -> torch.Tensor:
+    """Soft Dice per channel (and per sample unless `batch_dice` pools the batch) of (B, C, *S) maps."""
+    axes = [0, *range(2, probs.ndim)] if batch_dice else list(range(2, probs.ndim))
+    intersection = (probs * targets).sum(axes)
+    denominator = probs.sum(axes) + targets.sum(axes)
+    return (2.0 * intersection + smooth) / torch.clamp(denominator + smooth, min=1e-8)
+
+
+def region_targets(target: torch.Tensor, index_to_regions: torch.Tensor,
+                   ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, *S) class indices -> (B, R, *S) region targets (zero where not valid) and the (B, 1, *S)
+    valid mask (neither padding nor the ignore label); `index_to_regions` is the (K, R) table."""
+    idx = mask_ignored(target, ignore_index).long()
+    valid = idx >= 0
+    safe = idx.clamp(min=0, max=index_to_regions.shape[0] - 1)[:, 0]
+    regions = index_to_regions.to(target.device)[safe]  # (B, *S, R)
+    return regions.movedim(-1, 1) * valid, valid
+
+
 class SoftDiceLoss(nn.Module):
     """1 - mean foreground soft Dice of the softmax.
 
@@ -55,11 +74,7 @@ class SoftDiceLoss(nn.Module):
         probs = probs * valid
         if not self.include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
-        axes = [0, *range(2, probs.ndim)] if self.batch_dice else list(range(2, probs.ndim))
-        intersection = (probs * onehot).sum(axes)
-        denominator = probs.sum(axes) + onehot.sum(axes)
-        dice = (2.0 * intersection + self.smooth) / torch.clamp(denominator + self.smooth, min=1e-8)
-        return 1.0 - dice.mean()
+        return 1.0 - soft_dice(probs, onehot, self.batch_dice, self.smooth).mean()
 
 
 class DiceCELoss(nn.Module):
@@ -99,17 +114,9 @@ class RegionDiceBCELoss(nn.Module):
         self.smooth = smooth
         self.ignore_index = ignore_index
 
-    def region_targets(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, *S) class indices -> (B, R, *S) float region targets and a (B, 1, *S) valid mask."""
-        idx = mask_ignored(target, self.ignore_index).long()
-        valid = idx >= 0
-        safe = idx.clamp(min=0, max=self.table.shape[0] - 1)[:, 0]
-        regions = self.table.to(target.device)[safe]  # (B, *S, R)
-        return regions.movedim(-1, 1) * valid, valid
-
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        regions, valid = self.region_targets(target)
+        regions, valid = region_targets(target, self.table, self.ignore_index)
         weight = valid.float().expand_as(logits)
         count = weight.sum()
         if count > 0:
@@ -117,11 +124,7 @@ class RegionDiceBCELoss(nn.Module):
         else:
             bce = logits.sum() * 0.0  # nothing to learn from, but keep the graph connected
         probs = torch.sigmoid(logits) * weight
-        axes = [0, *range(2, probs.ndim)] if self.batch_dice else list(range(2, probs.ndim))
-        intersection = (probs * regions).sum(axes)
-        denominator = probs.sum(axes) + regions.sum(axes)
-        dice = (2.0 * intersection + self.smooth) / torch.clamp(denominator + self.smooth, min=1e-8)
-        return (1.0 - dice.mean()) + bce
+        return (1.0 - soft_dice(probs, regions, self.batch_dice, self.smooth).mean()) + bce
 
 
 def deep_supervision_weights(num_outputs: int, distributed: bool = False) -> list[float]:

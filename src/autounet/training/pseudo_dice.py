@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 
 from autounet.planners.plans import Plans
+from autounet.training.loss import mask_ignored, region_targets
 
 
 def class_names(plans: Plans) -> list[str]:
@@ -23,8 +24,8 @@ def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: in
                      ignore_index: int | None = None) -> torch.Tensor:
     """(3, K-1) TP/FP/FN per foreground class of the argmax prediction; -1 and ignore voxels are skipped."""
     pred = logits.argmax(1)
-    tgt = target[:, 0].long()
-    valid = (tgt >= 0) if ignore_index is None else (tgt >= 0) & (tgt != ignore_index)
+    tgt = mask_ignored(target, ignore_index)[:, 0].long()
+    valid = tgt >= 0
     counts = torch.zeros((3, num_classes - 1), dtype=torch.float64, device=logits.device)
     for c in range(1, num_classes):
         p = (pred == c) & valid
@@ -38,12 +39,9 @@ def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: in
 def region_confusion_counts(logits: torch.Tensor, target: torch.Tensor, index_to_regions: torch.Tensor,
                             ignore_index: int | None = None) -> torch.Tensor:
     """(3, R) TP/FP/FN per region: predicted where the region's sigmoid exceeds 0.5 (logit > 0)."""
-    tgt = target[:, 0].long()
-    valid = (tgt >= 0) if ignore_index is None else (tgt >= 0) & (tgt != ignore_index)
-    table = torch.as_tensor(index_to_regions, dtype=torch.bool, device=logits.device)
-    truth = table[tgt.clamp(min=0, max=table.shape[0] - 1)].movedim(-1, 1)  # (B, R, *S)
-    pred = (logits > 0) & valid.unsqueeze(1)
-    truth = truth & valid.unsqueeze(1)
+    regions, valid = region_targets(target, torch.as_tensor(index_to_regions, dtype=torch.bool), ignore_index)
+    truth = regions.bool()
+    pred = (logits > 0) & valid
     axes = [0, *range(2, pred.ndim)]
     return torch.stack([(pred & truth).sum(axes), (pred & ~truth).sum(axes), (~pred & truth).sum(axes)]).double()
 
