@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autounet.preprocessing.case_store import CaseStore
+
 from autounet.io.atomic import TMP_PREFIX
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -71,14 +73,14 @@ def test_preprocessing_killed_mid_write_then_rerun_completes(workspace: Path) ->
     folder = workspace / "preprocessed" / "Task01_Demo" / "3d_fullres"
     leftovers = [p.name for p in folder.iterdir() if p.name.startswith(TMP_PREFIX)]
     assert leftovers, "the kill should have left a half-written temporary file"
-    finished_before = sorted(p.stem for p in folder.glob("*.json"))
+    finished_before = CaseStore(folder).case_ids()
     assert len(finished_before) < 8
 
     rerun = _cli(["--workspace", str(workspace), "plan_and_preprocess", "Task01", "-np", "0", "-c", "3d_fullres",
                   "--no-progress"], cwd=workspace)
     assert rerun.returncode == 0, rerun.stderr
     assert not [p for p in folder.iterdir() if p.name.startswith(TMP_PREFIX)]
-    cases = sorted(p.stem for p in folder.glob("*.json"))
+    cases = CaseStore(folder).case_ids()
     assert len(cases) == 8 and set(finished_before) <= set(cases)
     for case in cases:
         data = np.load(folder / f"{case}.npy", mmap_mode="r")
@@ -155,11 +157,11 @@ def test_disk_full_while_preprocessing_is_one_line_and_keeps_finished_cases(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no space left on device" in err[0] and "rerun" in err[0]
     folder = workspace / "preprocessed" / "Task01_Demo" / "3d_fullres"
-    finished = sorted(folder.glob("*.json"))
-    assert len(finished) == 2
+    finished = CaseStore(folder).case_ids()  # the case files and the folder's stamp, .preprocessing.json
+    assert len(finished) == 2 and len(list(folder.glob("*.json"))) == 3
     assert not [p for p in folder.iterdir() if p.name.startswith(TMP_PREFIX)]
-    for props in finished:
-        assert np.load(folder / f"{props.stem}.npy", mmap_mode="r").ndim == 4
+    for case in finished:
+        assert np.load(folder / f"{case}.npy", mmap_mode="r").ndim == 4
 
 
 def test_disk_full_while_predicting_stops_with_one_line_and_keeps_finished(

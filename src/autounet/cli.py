@@ -19,6 +19,7 @@ from autounet.errors import AutounetError, shorten_message
 from autounet.inference.presets import DEFAULT_PRESET, PRESETS
 from autounet.io.nifti_header import NIFTI_TRANSFORMS
 from autounet.networks.precision import PRECISIONS
+from autounet.planners.presets import PLANNERS
 
 log = logging.getLogger("autounet")
 
@@ -123,12 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="recompute fingerprint and preprocessed data")
     p.add_argument("-c", "--configurations", nargs="+", choices=CONFIGURATIONS[:3], default=None,
                    help="configurations to preprocess (default: all planned)")
-    p.add_argument("--architecture", default="plain_unet", choices=["plain_unet", "resenc_unet"],
-                   help="network family to plan for")
+    p.add_argument("--planner", default="default", choices=list(PLANNERS),
+                   help="default: plain U-Net; resenc: residual encoder, default memory target; resenc-m/-l/-xl: "
+                        "the reference's ResEnc presets (8/24/40 GB, stored as plans__resenc-m.json ...)")
+    p.add_argument("--plans-name", default=None, metavar="NAME",
+                   help="store the plans under this name (default: the planner's, or from-<TASK> when transferred)")
+    p.add_argument("--transfer-plans-from", default=None, metavar="TASK",
+                   help="plan with another preprocessed task's topology, patch, batch and spacing, so that its "
+                        "checkpoints load into every layer (train --init-from)")
+    p.add_argument("--transfer-plans", default="default", metavar="NAME",
+                   help="which plans of --transfer-plans-from to transfer (default: its default plans)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("plans", h.cmd_plans, "print a summary table of a task's plans")
     p.add_argument("task")
+    p.add_argument("--plans", default="default", metavar="NAME", help="which plans (default, resenc-l, ...)")
 
     p = add("train", _train, "train one or more folds of a configuration")
     p.add_argument("configuration", choices=CONFIGURATIONS)
@@ -152,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from pretrained weights")
     p.add_argument("--network", default=None,
                    help="network name from the registry or a user class as pkg.module:Class")
+    p.add_argument("--plans", default="default", metavar="NAME",
+                   help="which plans of the task to train (default; resenc-m/-l/-xl; from-<TASK>; a --plans-name)")
+    p.add_argument("--blocks", default=None, metavar="LIST",
+                   help="optional blocks instead of the plans' own, comma-separated (se, attention_gate) or `none`; "
+                        "the run gets its own folder, and shared layers start from identical weights")
     p.add_argument("--save-probabilities", action="store_true",
                    help="keep validation softmax (for find_best_configuration ensembles)")
     p.add_argument("--seed", type=int, default=12345)
@@ -208,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configurations", nargs="+", default=None)
     p.add_argument("--no-ensembles", action="store_true")
     p.add_argument("-np", "--num-workers", type=int, default=0)
+
+    p = add("compare", h.cmd_compare,
+            "two runs' cross-validation Dice side by side, with the paired per-case difference and its spread")
+    p.add_argument("run_a", metavar="RUN_A", help="run folder (results/<task>/<run>) or run name with -t")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("-t", "--task", default=None, help="the task, where the runs are given by name")
 
     p = add("ensemble", h.cmd_ensemble, "average saved probabilities of several prediction folders")
     p.add_argument("-i", "--input", nargs="+", required=True)

@@ -42,6 +42,7 @@ from autounet.core.checkpoint import load_checkpoint
 from autounet.core.run_layout import BEST, FINAL, LATEST
 from autounet.training.metrics_log import read_rows
 from autounet.training.run_training import resolve_task_for_training, run_training
+from autounet.training.run_identity import run_name
 from autounet.training.settings import TrainingSettings
 from autounet.training.pseudo_dice import confusion_counts, dice_from_counts
 from autounet.training.trainer import Trainer, load_matching_weights, poly_lr
@@ -338,7 +339,9 @@ def test_init_from_a_corrupt_file_is_refused(tmp_path: Path) -> None:
     settings = fast_settings(epochs=1, iters_per_epoch=1, validate_at_end=False, init_from=str(bad))
     with pytest.raises(CheckpointError, match="bad.pt"):
         run_training(ws, TASK, "3d_fullres", "all", settings, loader_builder=toy_loader_builder)
-    manifest = json.loads((ws.results(TASK) / "3d_fullres__1ep_1it" / "fold_all" / "run.json").read_text())
+    run = ws.results(TASK) / run_name("3d_fullres", settings)
+    assert run.name.startswith("3d_fullres__ft-bad-") and run.name.endswith("__1ep_1it")
+    manifest = json.loads((run / "fold_all" / "run.json").read_text())
     assert manifest["status"] == "failed"
 
 

@@ -44,27 +44,40 @@ def cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
     result = plan_and_preprocess(
         _workspace(args), args.task, num_workers=args.num_workers, gpu_memory_gb=args.gpu_memory,
         plan_only=args.plan_only, clean=args.clean, configurations=args.configurations,
-        architecture=args.architecture, show_progress=not args.no_progress, memory_gb=args.memory_gb,
+        planner=args.planner, show_progress=not args.no_progress, memory_gb=args.memory_gb,
         accept_label_geometry=args.accept_label_geometry, nifti_transform=args.nifti_transform,
+        plans_name=args.plans_name, transfer_plans_from=args.transfer_plans_from,
+        transfer_plans_name=args.transfer_plans,
     )
-    print(f"plans: {result.preprocessed_dir / 'plans.json'} ({', '.join(result.configurations)})")
+    print(f"plans: {result.plans_path} ({', '.join(result.configurations)})")
     if result.preprocessed:
         print(f"preprocessed: {', '.join(result.preprocessed)} in {result.preprocessed_dir}")
-    print(f"next: autounet plans {result.task}   |   autounet train 3d_fullres fold 0" if
-          "3d_fullres" in result.configurations else
-          f"next: autounet plans {result.task}   |   autounet train 2d fold 0")
+    named = "" if result.plans_name == "default" else f" --plans {result.plans_name}"
+    configuration = "3d_fullres" if "3d_fullres" in result.configurations else "2d"
+    print(f"next: autounet plans {result.task}{named}   |   autounet train {configuration} fold 0{named}")
     return 0
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
     from autounet.core.task_names import find_task_name
-    from autounet.planners.plans import load_plans
+    from autounet.planners.plans import available_plans, load_named_plans
     from autounet.planners.summary import format_plans_table
 
     ws = _workspace(args)
     name = find_task_name(args.task, ws, require_preprocessed=True)
-    print(format_plans_table(load_plans(ws.preprocessed(name) / "plans.json")))
+    print(format_plans_table(load_named_plans(ws.preprocessed(name), args.plans)))
+    others = [p for p in available_plans(ws.preprocessed(name)) if p != args.plans]
+    if others:
+        print(f"\nother plans of {name}: {', '.join(others)} (show with --plans NAME)")
     return 0
+
+
+def parse_blocks(text: str | None) -> list[str] | None:
+    """`se,attention_gate` -> ["se", "attention_gate"]; `none` -> []; nothing given -> None (the plans' own)."""
+    if text is None:
+        return None
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    return [] if names in ([], ["none"]) else names
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -76,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     task = resolve_task_for_training(ws, args.task)
     settings = TrainingSettings(
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device=args.device, workers=args.workers,
-        resume=args.resume, init_from=args.init_from, network=args.network,
+        resume=args.resume, init_from=args.init_from, network=args.network, plans=args.plans,
+        blocks=parse_blocks(args.blocks),
         save_probabilities=args.save_probabilities, seed=args.seed,
         val_iters=args.val_iters if args.val_iters is not None else default_val_iters(args.iters_per_epoch),
         validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta, threads=args.threads,
@@ -87,6 +101,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"fold {fold} finished: {fold_dir}")
     _refresh_report(ws, task)
     print(f"next: autounet find_best_configuration {task}   |   autounet predict -t {task} -i imagesTs -o preds")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from autounet.commands.compare import compare_runs
+
+    print(compare_runs(_workspace(args), args.run_a, args.run_b, task=args.task))
     return 0
 
 

@@ -12,9 +12,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from autounet.io.atomic import write_json
+from typing import TYPE_CHECKING
+
 from autounet.core.system import case_memory_budget
 from autounet.core.workspace import Workspace
+from autounet.errors import AutounetError
+from autounet.io.atomic import write_json
+
+if TYPE_CHECKING:
+    from autounet.planners.plans import Plans
+    from autounet.task.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,8 @@ class PlanAndPreprocessResult:
     preprocessed_dir: Path
     configurations: list[str]
     preprocessed: list[str]
+    plans_path: Path
+    plans_name: str
 
 
 def default_gpu_memory_gb() -> tuple[float, str]:
@@ -55,22 +64,39 @@ def plan_and_preprocess(
     plan_only: bool = False,
     clean: bool = False,
     configurations: list[str] | None = None,
-    architecture: str = "plain_unet",
+    planner: str = "default",
     show_progress: bool = True,
     memory_gb: float | None = None,
     accept_label_geometry: bool = False,
     nifti_transform: str | None = None,
+    plans_name: str | None = None,
+    transfer_plans_from: str | None = None,
+    transfer_plans_name: str = "default",
 ) -> PlanAndPreprocessResult:
+    """Check, fingerprint, plan (with a named planner, or TaskA's plans transferred) and preprocess a task.
+
+    The plans are stored as `plans.json` (default planner) or `plans__<name>.json`; the name is
+    the planner's, `from-<TaskA>` for transferred plans, or `plans_name`.
+    """
     from autounet.task.dataset import find_task, load_task
     from autounet.task.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
     from autounet.task.integrity import verify_task
     from autounet.core.parallel import default_num_workers
-    from autounet.planners.experiment_planner import plan_experiment
-    from autounet.planners.plans import save_plans
+    from autounet.planners.plans import check_plans_name, plans_file_name, save_plans
+    from autounet.preprocessing.data_folders import assign_data_identifiers
     from autounet.preprocessing.preprocessor import preprocess_task
 
+    from autounet.planners.presets import planner_preset
+
+    planner_preset(planner)
+    if transfer_plans_from is not None and (planner != "default" or gpu_memory_gb is not None):
+        raise AutounetError("--transfer-plans-from takes the network, patch and batch of the other task's plans; "
+                            "leave out --planner and --gpu-memory (plan that task with them instead)")
     task_dir = find_task(task_name, workspace)
     task = load_task(task_dir)
+    source = _transfer_source(workspace, transfer_plans_from, transfer_plans_name, task.name)
+    name = check_plans_name(plans_name or (f"from-{source.task}" if source is not None else planner),
+                            "--plans-name")
     workers = default_num_workers(per_worker_gb=2.0) if num_workers is None else num_workers
     case_bytes = case_memory_budget(memory_gb, workers)
     log.info("memory budget: %.2f GiB per case (shared by %d worker(s))", case_bytes / 1024**3, max(1, workers))
@@ -99,17 +125,21 @@ def plan_and_preprocess(
                                           max_read_bytes=case_bytes, nifti_transform=nifti_transform)
         save_fingerprint(fingerprint, fp_path)
 
-    if gpu_memory_gb is None:
-        gpu_memory_gb, source = default_gpu_memory_gb()
+    if source is not None:
+        from autounet.planners.transfer import transfer_plans
+
+        plans = transfer_plans(source, fingerprint, name)
+        log.info("plans transferred from %s ('%s' plans): its topology, patch, batch and spacing", source.task,
+                 source.name)
     else:
-        source = "--gpu-memory"
-    log.info("planning for %.1f GB of GPU memory (%s)%s", gpu_memory_gb, source,
-             "; to plan for the GPU that will train, pass --gpu-memory GB (e.g. --gpu-memory 24)"
-             if source.startswith("default") else "")
-    plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory_gb, architecture=architecture)
-    save_plans(plans, out / "plans.json")
+        plans = _plan_with_preset(fingerprint, planner, gpu_memory_gb, name)
+    identifiers = assign_data_identifiers(plans, out)
+    for configuration, why in identifiers.items():
+        plans.configuration(configuration).reasons["data"] = why
+    plans_path = out / plans_file_name(name)
+    save_plans(plans, plans_path)
     planned = list(plans.configurations)
-    log.info("planned configurations: %s -> %s", ", ".join(planned), out / "plans.json")
+    log.info("planned configurations: %s -> %s", ", ".join(planned), plans_path)
 
     done: list[str] = []
     if not plan_only:
@@ -118,9 +148,44 @@ def plan_and_preprocess(
         if unknown:
             from autounet.errors import PlansError
 
-            raise PlansError(f"{out / 'plans.json'}: configuration(s) {unknown} not planned; planned: {planned}")
+            raise PlansError(f"{plans_path}: configuration(s) {unknown} not planned; planned: {planned}")
         preprocess_task(workspace, task, plans, wanted, num_workers=workers, clean=clean,
                         show_progress=show_progress, max_bytes=case_bytes, nifti_transform=nifti_transform)
         done = wanted
         log.info("preprocessed %s into %s", ", ".join(wanted), out)
-    return PlanAndPreprocessResult(task.name, out, planned, done)
+    return PlanAndPreprocessResult(task.name, out, planned, done, plans_path, name)
+
+
+def _plan_with_preset(fingerprint: Fingerprint, planner: str, gpu_memory_gb: float | None, name: str) -> Plans:
+    """Plan with a named planner; --gpu-memory overrides the preset's target, as the reference allows."""
+    from autounet.planners.experiment_planner import plan_experiment
+    from autounet.planners.presets import planner_preset
+
+    preset = planner_preset(planner)
+    if gpu_memory_gb is not None:
+        source = "--gpu-memory"
+    elif preset.gpu_memory_gb is not None:
+        gpu_memory_gb, source = preset.gpu_memory_gb, f"the {planner} preset"
+    else:
+        gpu_memory_gb, source = default_gpu_memory_gb()
+    log.info("planning for %.1f GB of GPU memory (%s)%s", gpu_memory_gb, source,
+             "; to plan for the GPU that will train, pass --gpu-memory GB (e.g. --gpu-memory 24)"
+             if source.startswith("default") else "")
+    plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory_gb, architecture=preset.architecture,
+                            batch_size_cap_fraction=preset.batch_cap_fraction)
+    plans.name = name
+    plans.reasons["planner"] = f"{planner}: {preset.description}; planned for {gpu_memory_gb:g} GB ({source})"
+    return plans
+
+
+def _transfer_source(workspace: Workspace, source_task: str | None, source_plans: str, target: str) -> Plans | None:
+    """The plans to transfer (`--transfer-plans-from TaskA`), or None."""
+    if source_task is None:
+        return None
+    from autounet.core.task_names import find_task_name
+    from autounet.planners.plans import load_named_plans
+
+    name = find_task_name(source_task, workspace, require_preprocessed=True)
+    if name == target:
+        raise AutounetError(f"--transfer-plans-from: {name} is the task being planned; name another task")
+    return load_named_plans(workspace.preprocessed(name), source_plans)

@@ -39,10 +39,11 @@ class Workspace:
         return self.results_root / task
 
     def preprocessed_tasks(self) -> list[str]:
-        """Tasks with a plans.json in the workspace, sorted."""
+        """Tasks with plans (plans.json, or named plans plans__<name>.json) in the workspace, sorted."""
         if not self.preprocessed_root.is_dir():
             return []
-        return sorted(p.name for p in self.preprocessed_root.iterdir() if (p / "plans.json").is_file())
+        return sorted(p.name for p in self.preprocessed_root.iterdir()
+                      if (p / "plans.json").is_file() or any(p.glob("plans__*.json")))
 
     def trained_tasks(self) -> list[str]:
         """Tasks with at least one finished or running fold in results/, sorted."""

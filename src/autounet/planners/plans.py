@@ -11,6 +11,9 @@ is the label value written to disk for index i, so non-contiguous label ids roun
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -30,6 +33,10 @@ NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
 MAX_PATCH_EDGE = 4096
 MAX_BATCH_SIZE = 4096
 MAX_BATCH_VOXELS = 2**31  # one float32 channel of such a batch is already 8 GiB
+#: the plans `autounet plan_and_preprocess` writes without --planner, stored as plans.json
+DEFAULT_PLANS_NAME = "default"
+_PLANS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+_PLANS_FILE = re.compile(r"plans__(.+)\.json")
 
 
 @dataclass
@@ -117,6 +124,8 @@ class Plans:
     regions: list[Region] | None = None
     regions_class_order: list[int] | None = None
     ignore_label: int | None = None
+    #: which plans of the task these are: `default` (plans.json), a preset (`resenc-l`) or a user's name
+    name: str = DEFAULT_PLANS_NAME
 
     @property
     def num_channels(self) -> int:
@@ -171,7 +180,29 @@ class Plans:
             )
         return self.configurations[name]
 
+    def preprocessing_key(self, configuration: str) -> str:
+        """Hash of everything that shapes a configuration's preprocessed arrays (grid, normalization,
+        label mapping): plans with equal keys can share one preprocessed folder."""
+        cfg = self.configuration(configuration)
+        content = {
+            "transpose_forward": self.transpose_forward, "spacing": cfg.spacing, "normalization": cfg.normalization,
+            "use_mask_for_norm": cfg.use_mask_for_norm, "resampling": to_dict(cfg.resampling),
+            "intensities": {k: to_dict(v) for k, v in sorted(self.foreground_intensity_properties.items())},
+            "labels": self.annotated_label_values, "regions": self.region_values,
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def content_hash(self) -> str:
+        """Hash of the decisions (not the reasons or the memory estimates): equal hashes train the same model."""
+        data = to_dict(self)
+        data.pop("reasons", None)
+        for cfg in data["configurations"].values():
+            cfg.pop("reasons", None)
+            cfg.pop("estimated_memory_bytes", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
     def validate(self, where: str) -> None:
+        check_plans_name(self.name, f"{where}.name")
         if self.version != PLANS_VERSION:
             raise PlansError(f"{where}.version: {self.version} is not supported (expected {PLANS_VERSION}); re-plan")
         if sorted(self.transpose_forward) != [0, 1, 2]:
@@ -198,6 +229,40 @@ class Plans:
             for ref in (cfg.previous_stage, cfg.next_stage):
                 if ref is not None and ref not in self.configurations:
                     raise PlansError(f"{where}.configurations.{name}: refers to unknown configuration '{ref}'")
+
+
+def check_plans_name(name: str, where: str = "--plans") -> str:
+    """A plans name becomes part of file and run-folder names: letters, digits, `_.-`, at most 48."""
+    if not isinstance(name, str) or not _PLANS_NAME.fullmatch(name):
+        raise PlansError(f"{where}: plans name '{name}' must be 1-48 letters, digits, '_', '.' or '-', "
+                         f"starting with a letter or digit")
+    return name
+
+
+def plans_file_name(name: str = DEFAULT_PLANS_NAME) -> str:
+    """`plans.json` for the default plans, `plans__<name>.json` for presets and transferred plans."""
+    check_plans_name(name)
+    return "plans.json" if name == DEFAULT_PLANS_NAME else f"plans__{name}.json"
+
+
+def available_plans(preprocessed_dir: str | Path) -> list[str]:
+    """Names of the plans stored in a task's preprocessed folder, the default first."""
+    folder = Path(preprocessed_dir)
+    names = [m.group(1) for p in folder.glob("plans__*.json") if (m := _PLANS_FILE.fullmatch(p.name))]
+    return ([DEFAULT_PLANS_NAME] if (folder / "plans.json").is_file() else []) + sorted(names)
+
+
+def load_named_plans(preprocessed_dir: str | Path, name: str = DEFAULT_PLANS_NAME) -> Plans:
+    """The plans called `name` of a task; the error lists the plans that exist and how to make others."""
+    path = Path(preprocessed_dir) / plans_file_name(name)
+    if not path.is_file() and available_plans(preprocessed_dir):
+        have = ", ".join(available_plans(preprocessed_dir))
+        raise PlansError(f"{path}: no plans named '{name}' for this task (plans: {have}); choose one with --plans, "
+                         f"or write them with `autounet plan_and_preprocess {Path(preprocessed_dir).name}`")
+    plans = load_plans(path)
+    if plans.name != name:
+        raise PlansError(f"{path}.name: is '{plans.name}', expected '{name}'; re-plan")
+    return plans
 
 
 def load_plans(path: str | Path) -> Plans:

@@ -22,6 +22,8 @@ from autounet.preprocessing.case_properties import CaseProperties, load_case_pro
 log = logging.getLogger(__name__)
 
 _SEG_SUFFIX = "_seg.npy"
+#: the folder's stamp (preprocessing.data_folders): which preprocessing the arrays were made with
+STAMP_FILE = ".preprocessing.json"
 _LOCATIONS_SUFFIX = "_locations.npz"
 
 
@@ -59,7 +61,7 @@ class CaseStore:
         """Finished cases, sorted."""
         if not self.folder.is_dir():
             return []
-        ids = (p.name[: -len(".json")] for p in self.folder.glob("*.json") if not p.name.startswith(TMP_PREFIX))
+        ids = (p.name[: -len(".json")] for p in self.folder.glob("*.json") if not p.name.startswith((TMP_PREFIX, ".")))
         return sorted(c for c in ids if self.is_finished(c))
 
     def remove_temporary_files(self) -> int:

@@ -26,6 +26,7 @@ from autounet.planners.plans import Plans
 from autounet.preprocessing.case_properties import CaseProperties
 from autounet.preprocessing.case_store import CaseStore
 from autounet.preprocessing.cropping import OUTSIDE_MASK, crop_to_nonzero
+from autounet.preprocessing.data_folders import read_stamp, stamp_matches, write_stamp
 from autounet.preprocessing.normalization import normalize
 from autounet.preprocessing.resampling import compute_new_shape, resample_data, resample_segmentation
 
@@ -231,13 +232,21 @@ def _labelled_cases(task: TaskDataset) -> list[tuple[CaseFiles, Path]]:
     return [(c, Path(c.label)) for c in task.training if c.label is not None]
 
 
-def _prepare_folder(folder: Path, clean: bool) -> None:
-    """Create `folder` (emptied first with `clean`) and drop leftovers of an interrupted run."""
+def _prepare_folder(folder: Path, clean: bool, plans: Plans | None = None, configuration: str | None = None) -> None:
+    """Create `folder` (emptied first with `clean`, or when it holds data preprocessed for other settings),
+    drop leftovers of an interrupted run and stamp it with the preprocessing it holds."""
     if clean and folder.exists():
         log.info("clean: removing %s", folder)
         shutil.rmtree(folder)
+    elif plans is not None and configuration is not None and folder.exists() \
+            and not stamp_matches(folder, plans, configuration):
+        log.warning("%s holds data preprocessed for other settings (the plans changed); preprocessing it again",
+                    folder)
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     CaseStore(folder).remove_temporary_files()
+    if plans is not None and configuration is not None and read_stamp(folder) != plans.preprocessing_key(configuration):
+        write_stamp(folder, plans, configuration)
 
 
 def preprocess_task(
@@ -272,7 +281,7 @@ def preprocess_task(
             log.info("%s: shares the preprocessed data '%s' of %s", name, identifier, identifiers[identifier])
             continue
         identifiers[identifier] = name
-        _prepare_folder(root / identifier, clean)
+        _prepare_folder(root / identifier, clean, plans, name)
 
     jobs: list[_CaseJob] = []
     names: list[str] = []

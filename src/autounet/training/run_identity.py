@@ -1,13 +1,20 @@
 """What a run *is*: its folder name and its manifest (fold_N/run.json).
 
-A shortened or modified run must never pass for a full default one, so the run folder name
-carries every deviation that changes the result's meaning (epochs, iterations, network) and
-run.json records every setting, the software versions, seed and host.
+Two runs that would train different models never share a folder: the run folder name carries
+every setting that changes the model, in a fixed order, each only where it differs from the
+default: the configuration, the plans (`resenc-l`), the network class, the blocks switched on
+instead of the plans' own (`se+attention_gate`, or `noblocks`), the initialisation source
+(`ft-<task>-<checksum>`) and the training length (`50ep_250it`), e.g.
+`3d_fullres__resenc-l__se__50ep_250it`. A name longer than MAX_RUN_NAME keeps the configuration
+and the plans and replaces the rest by a checksum of the full name. run.json records all of it,
+with the plans' content hash, the software versions, seed and host.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
 import platform
 import re
 import socket
@@ -15,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autounet.core.run_layout import RUN_NAME_SEPARATOR as RUN_SEPARATOR
 from autounet.errors import AutounetError, PlansError
 from autounet.io.atomic import read_json, write_json
 from autounet.io.json_schema import from_dict, to_dict
+from autounet.planners.plans import DEFAULT_PLANS_NAME
 from autounet.training.settings import DEFAULT_EPOCHS, DEFAULT_ITERS_PER_EPOCH, TrainingSettings
 
 MANIFEST_NAME = "run.json"
@@ -29,13 +38,56 @@ def _safe_component(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
+MAX_RUN_NAME = 72
+_CHUNK = 1 << 20
+
+
+@functools.lru_cache(maxsize=32)
+def _file_checksum(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_checksum(path: str | Path) -> str:
+    """sha256 of a checkpoint file (cached per size and modification time: names are asked for often)."""
+    stat = Path(path).stat()
+    return _file_checksum(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def init_source_tag(path: str | Path) -> str:
+    """`ft-<task>-<6 hex of the file's checksum>`: the task from the checkpoint's run.json where it has one."""
+    path = Path(path)
+    task = None
+    manifest = path.parent / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            task = read_json(manifest).get("task")
+        except (AutounetError, AttributeError):
+            task = None
+    label = _safe_component(task if isinstance(task, str) and task else path.stem)
+    return f"ft-{label}-{checkpoint_checksum(path)[:6]}"
+
+
 def run_name(configuration: str, settings: TrainingSettings) -> str:
-    """`3d_fullres`, `3d_fullres__50ep_100it`, `3d_fullres__resenc_unet`, ..."""
-    name = configuration
-    if settings.epochs != DEFAULT_EPOCHS or settings.iters_per_epoch != DEFAULT_ITERS_PER_EPOCH:
-        name += f"__{settings.epochs}ep_{settings.iters_per_epoch}it"
+    """`3d_fullres`, `3d_fullres__50ep_100it`, `3d_fullres__resenc-l__se__ft-Task01_X-1a2b3c`, ..."""
+    parts = [configuration]
+    if settings.plans != DEFAULT_PLANS_NAME:
+        parts.append(settings.plans)
+    detail = []
     if settings.network:
-        name += f"__{_safe_component(settings.network)}"
+        detail.append(_safe_component(settings.network))
+    if settings.blocks is not None:
+        detail.append("+".join(sorted(settings.blocks)) or "noblocks")
+    if settings.init_from:
+        detail.append(init_source_tag(settings.init_from))
+    if settings.epochs != DEFAULT_EPOCHS or settings.iters_per_epoch != DEFAULT_ITERS_PER_EPOCH:
+        detail.append(f"{settings.epochs}ep_{settings.iters_per_epoch}it")
+    name = RUN_SEPARATOR.join(parts + detail)
+    if len(name) > MAX_RUN_NAME:
+        name = RUN_SEPARATOR.join(parts + [hashlib.sha256(name.encode()).hexdigest()[:10]])
     return name
 
 
@@ -73,6 +125,13 @@ class RunManifest:
     resumed: list[str] = field(default_factory=list)
     #: the precision the network ran in (settings.precision resolved on `device`)
     precision: str | None = None
+    #: what the trained model is, beyond the settings: plans name and content hash, architecture, blocks
+    plans_name: str = DEFAULT_PLANS_NAME
+    plans_hash: str | None = None
+    architecture: str | None = None
+    blocks: list[str] = field(default_factory=list)
+    #: --init-from: the checkpoint, its sha256, how many tensors it filled, the layers re-initialised
+    init: dict[str, Any] | None = None
 
     def validate(self, where: str) -> None:
         if self.status not in STATUSES:

@@ -29,9 +29,9 @@ from autounet.preprocessing.cascade import (
 from autounet.io.atomic import write_text
 from autounet.networks.precision import resolve_precision
 from autounet.core.workspace import Workspace, resolve_workspace
-from autounet.planners.plans import Plans, ResamplingPlan, load_plans
+from autounet.planners.plans import DEFAULT_PLANS_NAME, Plans, ResamplingPlan, load_named_plans, load_plans, save_plans
 from autounet.preprocessing.case_properties import CaseProperties
-from autounet.core.run_layout import BEST, FINAL, LATEST, fold_folder_name
+from autounet.core.run_layout import BEST, FINAL, FOLD_PREFIX, LATEST, fold_folder_name
 from autounet.training.distributed import (
     DistributedContext,
     barrier,
@@ -42,6 +42,7 @@ from autounet.training.lock import FoldLock
 from autounet.training.run_identity import (
     RunManifest,
     check_resume_compatible,
+    checkpoint_checksum,
     load_manifest,
     now_iso,
     run_name,
@@ -66,13 +67,19 @@ def resolve_task_for_training(workspace: Workspace, task_or_none: str | None) ->
     return find_task_name(task_or_none, workspace, require_preprocessed=True)
 
 
-def _budget_flags(settings: TrainingSettings) -> str:
-    """The train flags that make a run name's suffix (so a suggested command hits the same run)."""
+def _run_flags(settings: TrainingSettings) -> str:
+    """The train flags that make a run name (so a suggested command hits the same run)."""
     flags = ""
-    if settings.epochs != DEFAULT_EPOCHS or settings.iters_per_epoch != DEFAULT_ITERS_PER_EPOCH:
-        flags += f" --epochs {settings.epochs} --iters-per-epoch {settings.iters_per_epoch}"
+    if settings.plans != DEFAULT_PLANS_NAME:
+        flags += f" --plans {settings.plans}"
     if settings.network:
         flags += f" --network {settings.network}"
+    if settings.blocks is not None:
+        flags += f" --blocks {','.join(settings.blocks) or 'none'}"
+    if settings.init_from:
+        flags += f" --init-from {settings.init_from}"
+    if settings.epochs != DEFAULT_EPOCHS or settings.iters_per_epoch != DEFAULT_ITERS_PER_EPOCH:
+        flags += f" --epochs {settings.epochs} --iters-per-epoch {settings.iters_per_epoch}"
     return flags
 
 
@@ -121,7 +128,7 @@ def find_previous_stage_dir(
     raise AutounetError(
         f"{preferred}: {configuration} needs the {previous} predictions of the fold's {len(needed)} training and "
         f"validation cases, missing for {len(missing)} ({shown}); first run `autounet train {previous} "
-        f"{_folds_validating(missing, splits)} -t {task}{_budget_flags(settings)}` (each {previous} fold writes "
+        f"{_folds_validating(missing, splits)} -t {task}{_run_flags(settings)}` (each {previous} fold writes "
         f"its validation cases there)"
     )
 
@@ -215,12 +222,24 @@ def _training_log(fold_dir: Path, enabled: bool) -> Iterator[None]:
         logger.setLevel(previous_level)
 
 
-def _copy_run_files(preprocessed: Path, run_dir: Path) -> None:
-    """plans.json and dataset.json beside the folds, so a run folder is self-contained."""
-    for name in ("plans.json", "dataset.json"):
-        src = preprocessed / name
-        if src.is_file():
-            write_text(run_dir / name, src.read_text(encoding="utf-8"))
+def _write_run_files(plans: Plans, preprocessed: Path, run_dir: Path) -> None:
+    """The plans the folds train with (blocks applied) and dataset.json beside the folds, so a run folder
+    is self-contained; refused where other folds of the folder were trained with other plans."""
+    path = run_dir / "plans.json"
+    if path.is_file() and any(run_dir.glob(f"{FOLD_PREFIX}*/checkpoint_*.pt")):
+        try:
+            before = load_plans(path).content_hash()
+        except AutounetError:
+            before = None
+        if before != plans.content_hash():
+            raise AutounetError(
+                f"{run_dir}: its folds were trained with other {plans.name} plans (re-planned since); train these "
+                f"plans into their own folder: `autounet plan_and_preprocess {plans.task} --plans-name NAME ...` "
+                f"then `autounet train ... --plans NAME`, or delete the folder")
+    save_plans(plans, path)
+    dataset = preprocessed / "dataset.json"
+    if dataset.is_file():
+        write_text(run_dir / "dataset.json", dataset.read_text(encoding="utf-8"))
 
 
 def _already_trained(fold_dir: Path, fold: int | str) -> bool:
@@ -237,7 +256,7 @@ def _already_trained(fold_dir: Path, fold: int | str) -> bool:
     return finished
 
 
-def _prepare_manifest(fold_dir: Path, settings: TrainingSettings, task: str, configuration: str, fold: str,
+def _prepare_manifest(fold_dir: Path, settings: TrainingSettings, plans: Plans, configuration: str, fold: str,
                       device: torch.device, ctx: DistributedContext) -> RunManifest:
     has_checkpoint = any((fold_dir / n).is_file() for n in (LATEST, FINAL, BEST))
     if has_checkpoint and not settings.resume:
@@ -256,7 +275,14 @@ def _prepare_manifest(fold_dir: Path, settings: TrainingSettings, task: str, con
         manifest.precision = precision
         manifest.world_size = ctx.world_size
         return manifest
-    return RunManifest.create(task, configuration, fold, settings, str(device), ctx.world_size, precision)
+    manifest = RunManifest.create(plans.task, configuration, fold, settings, str(device), ctx.world_size, precision)
+    network = plans.configuration(configuration).network
+    manifest.plans_name, manifest.plans_hash = plans.name, plans.content_hash()
+    manifest.architecture, manifest.blocks = settings.network or network.architecture, list(network.blocks)
+    if settings.init_from:
+        manifest.init = {"checkpoint": str(Path(settings.init_from).resolve()),
+                         "sha256": checkpoint_checksum(settings.init_from)}
+    return manifest
 
 
 def run_training(
@@ -278,7 +304,7 @@ def run_training(
     ws = workspace if isinstance(workspace, Workspace) else resolve_workspace(workspace)
     task = resolve_task_for_training(ws, task)
     preprocessed = ws.preprocessed(task)
-    plans, data_folder, case_ids = _preprocessed_inputs(preprocessed, task, configuration)
+    plans, data_folder, case_ids = _preprocessed_inputs(preprocessed, task, configuration, settings)
     cfg = plans.configuration(configuration)
     device = resolve_device(settings.device)
     started_group = not torch.distributed.is_initialized()
@@ -298,13 +324,14 @@ def run_training(
         if not settings.resume and _already_trained(fold_dir, fold):
             return fold_dir
         if ctx.is_main:
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            _copy_run_files(preprocessed, run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_run_files(plans, preprocessed, run_dir)
+            fold_dir.mkdir(exist_ok=True)
         lock = FoldLock(fold_dir) if ctx.is_main else contextlib.nullcontext()
         with lock, _training_log(fold_dir, ctx.is_main):
             manifest = None
             if ctx.is_main:
-                manifest = _prepare_manifest(fold_dir, settings, task, configuration, str(fold),
+                manifest = _prepare_manifest(fold_dir, settings, plans, configuration, str(fold),
                                              resolve_device(settings.device, ctx), ctx)
                 save_manifest(manifest, fold_dir)
             barrier(ctx)
@@ -319,7 +346,10 @@ def run_training(
                 if settings.resume and not resumed:
                     log.warning("%s: no checkpoint to resume from; starting from epoch 1", fold_dir)
                 if not resumed and settings.init_from:
-                    trainer.init_from(Path(settings.init_from))
+                    loaded, reinitialised = trainer.init_from(Path(settings.init_from))
+                    if manifest is not None and manifest.init is not None:
+                        manifest.init.update(loaded_tensors=loaded, reinitialised=reinitialised)
+                        save_manifest(manifest, fold_dir)
                 state = trainer.fit()
                 barrier(ctx)
                 if ctx.is_main and settings.validate_at_end and val_ids:
@@ -341,16 +371,27 @@ def run_training(
             shutdown_distributed()
 
 
-def _preprocessed_inputs(preprocessed: Path, task: str, configuration: str) -> tuple[Plans, Path, list[str]]:
-    """The plans, the configuration's data folder and its case ids; refused when nothing is preprocessed."""
+def _preprocessed_inputs(preprocessed: Path, task: str, configuration: str,
+                         settings: TrainingSettings) -> tuple[Plans, Path, list[str]]:
+    """The plans (with --blocks applied), the configuration's data folder and its case ids; refused when
+    nothing is preprocessed or the arrays were preprocessed for other settings."""
     from autounet.preprocessing.case_store import CaseStore
+    from autounet.preprocessing.data_folders import check_stamp
 
-    plans = load_plans(preprocessed / "plans.json")
-    data_folder = preprocessed / plans.configuration(configuration).data_identifier
+    plans = load_named_plans(preprocessed, settings.plans)
+    cfg = plans.configuration(configuration)
+    if settings.blocks is not None:
+        cfg.network.blocks = list(settings.blocks)
+        log.info("blocks: %s (--blocks; the plans have %s)", ", ".join(settings.blocks) or "none",
+                 ", ".join(load_named_plans(preprocessed, settings.plans).configuration(configuration).network.blocks)
+                 or "none")
+    data_folder = preprocessed / cfg.data_identifier
     case_ids = CaseStore(data_folder).case_ids() if data_folder.is_dir() else []
     if not case_ids:
+        named = "" if settings.plans == DEFAULT_PLANS_NAME else " with the options that wrote these plans"
         raise AutounetError(f"{data_folder}: no preprocessed cases for {configuration}; run "
-                            f"`autounet plan_and_preprocess {task} -c {configuration}` first")
+                            f"`autounet plan_and_preprocess {task} -c {configuration}`{named} first")
+    check_stamp(data_folder, plans, configuration)
     return plans, data_folder, case_ids
 
 

@@ -11,8 +11,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathlib import Path
+
 from autounet.errors import AutounetError
+from autounet.networks.attention import validate_blocks
 from autounet.networks.precision import PRECISIONS
+from autounet.planners.plans import check_plans_name
 from autounet.training.augmentation_switches import AUGMENTATION_NAMES, SPATIAL_IMPLEMENTATIONS
 
 DEFAULT_EPOCHS = 1000
@@ -40,7 +44,11 @@ class TrainingSettings:
     iters_per_epoch: int = DEFAULT_ITERS_PER_EPOCH
     val_iters: int = MAX_DEFAULT_VAL_ITERS
     seed: int = 12345
+    #: which plans of the task (`default`, `resenc-l`, `from-Task01_X`, ...)
+    plans: str = "default"
     network: str | None = None
+    #: optional blocks switched on instead of the plans' own (`["se"]`); [] = none; None = as planned
+    blocks: list[str] | None = None
     lr: float = 0.01
     lr_exponent: float = 0.9
     momentum: float = 0.99
@@ -52,7 +60,7 @@ class TrainingSettings:
     disabled_augmentations: list[str] = field(default_factory=list)
     ema_momentum: float = 0.9
     deterministic: bool = False
-    init_from: str | None = _free(None)
+    init_from: str | None = None
     device: str = _free("auto")
     workers: int | None = _free(None)
     save_probabilities: bool = _free(False)
@@ -90,6 +98,12 @@ class TrainingSettings:
                                 f"{', '.join(AUGMENTATION_NAMES)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise AutounetError(f"{where}: ema_momentum must be within [0, 1), got {self.ema_momentum}")
+        check_plans_name(self.plans, "--plans")
+        if self.blocks is not None:
+            validate_blocks(self.blocks, "--blocks")
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise AutounetError(f"--init-from: {self.init_from} is not a file; pass a checkpoint_final.pt of a "
+                                f"trained fold")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

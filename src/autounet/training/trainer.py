@@ -249,16 +249,20 @@ class Trainer:
         if set(lengths.values()) != {self.state.next_epoch} and self.state.next_epoch:
             raise CheckpointError(f"{path}: history lengths {lengths} disagree with epoch {self.state.next_epoch}")
 
-    def init_from(self, path: Path) -> None:
-        """Start from pretrained weights: layers with equal name and shape; report the rest."""
+    def init_from(self, path: Path) -> tuple[int, list[str]]:
+        """Start from pretrained weights: layers with equal name and shape; returns (tensors loaded, the
+        layers left at their fresh initialisation), which are logged by name."""
         state = load_checkpoint(path)
         loaded, skipped = load_matching_weights(self.network, state["network"])
         if not loaded:
             raise CheckpointError(f"{path}: no layer matches this network (names or shapes differ); "
                                   f"was it trained with another architecture?")
-        log.info("initialised %d tensors from %s", len(loaded), path)
-        if skipped:
-            log.info("not initialised (name or shape differs): %s", ", ".join(skipped))
+        layers = sorted({name.rsplit(".", 1)[0] for name in skipped})
+        log.info("initialised %d of %d tensors from %s", len(loaded), len(loaded) + len(skipped), path)
+        if layers:
+            log.info("re-initialised (other shape or not in the checkpoint, e.g. another channel or class "
+                     "count): %s", ", ".join(layers))
+        return len(loaded), layers
 
     def resume(self) -> bool:
         """Load checkpoint_latest (else final); False if the fold has none yet."""
