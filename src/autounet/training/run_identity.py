@@ -18,6 +18,7 @@ from typing import Any
 from autounet.errors import AutounetError, PlansError
 from autounet.io.atomic import read_json, write_json
 from autounet.io.json_schema import from_dict, to_dict
+from autounet.training.oom_recovery import OomEvent
 from autounet.training.settings import DEFAULT_EPOCHS, DEFAULT_ITERS_PER_EPOCH, TrainingSettings
 
 MANIFEST_NAME = "run.json"
@@ -73,6 +74,8 @@ class RunManifest:
     resumed: list[str] = field(default_factory=list)
     #: the precision the network ran in (settings.precision resolved on `device`)
     precision: str | None = None
+    #: every out-of-memory retry of a training step (training.oom_recovery), across resumes
+    oom_events: list[OomEvent] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if self.status not in STATUSES:
