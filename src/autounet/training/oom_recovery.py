@@ -70,11 +70,13 @@ def _gb(value: int | None) -> str:
 class OomRecovery:
     """Runs a training step's forward/backward passes and halves the chunk size on out-of-memory."""
 
-    def __init__(self, device: torch.device, estimated_memory_bytes: int, configuration: str,
+    def __init__(self, device: torch.device, estimated_memory_bytes: int, where: str, task: str,
                  patch_size: Sequence[int], enabled: bool = True) -> None:
+        """`where` names the plans key of the configuration (for the error), `task` the task to re-plan."""
         self.device = device
         self.estimated_memory_bytes = int(estimated_memory_bytes)
-        self.configuration = configuration
+        self.where = where
+        self.task = task
         self.patch_size = list(patch_size)
         self.enabled = enabled
         #: samples per pass once an error forced smaller chunks (None: the whole batch)
@@ -103,10 +105,10 @@ class OomRecovery:
         peak = peak_memory_bytes(self.device)
         if size == 1:
             raise AutounetError(
-                f"{self.configuration}: out of device memory even with 1 sample per forward/backward pass (batch "
-                f"size {batch_size}, patch size {self.patch_size}; peak {_gb(peak)}, planner's estimate "
+                f"{self.where}: out of device memory even with 1 sample per forward/backward pass (batch size "
+                f"{batch_size}, patch size {self.patch_size}; peak {_gb(peak)}, planner's estimate "
                 f"{_gb(self.estimated_memory_bytes)}); plan again for less memory: `autounet plan_and_preprocess "
-                f"<task> --gpu-memory <GB>` with a lower value than this GPU's memory")
+                f"{self.task} --gpu-memory <GB>` with fewer GB than this GPU has, then train again")
         new = (size + 1) // 2
         self.events.append(OomEvent(epoch, iteration, batch_size, size, new, peak, self.estimated_memory_bytes))
         self.chunk_size = new
@@ -115,5 +117,5 @@ class OomRecovery:
                     "accumulated (same effective batch and schedule). Peak memory %s vs the planner's estimate %s "
                     "(%s, patch size %s)", "?" if epoch is None else epoch + 1,
                     "?" if iteration is None else iteration + 1, size, batch_size, new, _gb(peak),
-                    _gb(self.estimated_memory_bytes), self.configuration, self.patch_size)
+                    _gb(self.estimated_memory_bytes), self.where, self.patch_size)
         return new
