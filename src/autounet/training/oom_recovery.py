@@ -1,20 +1,18 @@
-"""Training through a CUDA out-of-memory error: the same batch in smaller chunks, gradients accumulated.
+"""Training through a CUDA out-of-memory error: the same batch, the network run on fewer samples at a time.
 
 The planner's memory model is an estimate; when a step does not fit, the run should not be
-lost. The failed step is redone on the *same* batch split into chunks of half the size (then a
-quarter, ... down to one sample); each chunk's loss is scaled by its share of the samples
-before backward, so the gradients add up to those of the whole batch and the optimizer still
-steps once per batch: effective batch size and schedule are unchanged. A chunking that worked
-is kept for the rest of the run.
+lost. The failed step is redone on the *same* batch with the network run on chunks of half the
+samples (then a quarter, ... down to one); the optimizer still steps once per batch, so the
+effective batch size and the schedule are unchanged. A chunking that worked is kept for the
+rest of the run.
 
-Exact for losses that are means over samples, which is ours with `batch_dice` False: the soft
-Dice is averaged per sample and the cross-entropy per voxel, and every sample of a batch has
-the same number of voxels (instance normalisation keeps samples independent in the network).
-Approximations, documented rather than hidden:
-- `batch_dice` True pools the Dice sums over the batch; chunked, each chunk pools its own samples
-  and the chunk Dice losses are averaged. tests/training/test_oom_recovery.py measures the gap.
-- voxels ignored in the targets (padding, the ignore label) weight the cross-entropy by the valid
-  voxels of each chunk instead of the whole batch.
+The gradients are those of the whole batch's loss, not a sum of chunk losses (which would not be
+the batch Dice's gradient, a Dice pooled over the batch): every chunk first runs without autograd
+(little memory) and its outputs are kept; the loss of the whole batch is taken on those outputs
+and differentiated to them only; then every chunk runs again with autograd and back-propagates
+its slice of those output gradients. Exact because the network treats samples independently and
+both passes alike (instance normalisation, no dropout); it costs one extra forward without
+autograd per chunk, and only after an out-of-memory error.
 Under DistributedDataParallel a rank cannot change its number of backward passes alone (the
 others would wait for it), so there the error is not caught.
 """
@@ -32,9 +30,11 @@ from autounet.errors import AutounetError, PlansError
 
 log = logging.getLogger(__name__)
 
-#: Runs forward and backward on the samples `part` of the batch with the loss multiplied by `weight`
-#: (their share of the batch); returns the unscaled loss times `weight`.
-ChunkStep = Callable[[slice, float], float]
+#: A network's output: one tensor, or a deep-supervision list (full resolution first).
+Outputs = torch.Tensor | Sequence[torch.Tensor]
+#: Computes the gradients of the whole batch with the network run on at most the given number of
+#: samples at a time; returns the batch's loss.
+Step = Callable[[int], float]
 
 
 @dataclass
@@ -63,6 +63,34 @@ def chunk_slices(batch_size: int, chunk_size: int) -> list[slice]:
     return [slice(start, min(start + chunk_size, batch_size)) for start in range(0, batch_size, chunk_size)]
 
 
+def chunked_gradients(forward: Callable[[torch.Tensor], Outputs],
+                      loss_of: Callable[[Outputs, list[torch.Tensor]], torch.Tensor],
+                      scale: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, targets: list[torch.Tensor],
+                      chunk_size: int) -> float:
+    """Backward of `scale(loss_of(forward(data), targets))` with `forward` run on `chunk_size` samples at a time.
+
+    Outputs and their gradients of the whole batch are held (small next to the activations);
+    the activations of one chunk at a time. Returns the (unscaled) loss of the whole batch.
+    """
+    parts = chunk_slices(data.shape[0], chunk_size)
+    with torch.no_grad():
+        chunks = [forward(data[part]) for part in parts]
+    single = isinstance(chunks[0], torch.Tensor)
+    lists = [[c] if isinstance(c, torch.Tensor) else list(c) for c in chunks]
+    leaves = [torch.cat([c[i] for c in lists]).requires_grad_() for i in range(len(lists[0]))]
+    del chunks, lists
+    loss = loss_of(leaves[0] if single else leaves, targets)
+    scale(loss).backward()
+    grads = [leaf.grad for leaf in leaves]  # None for an output the loss does not use
+    del leaves
+    for part in parts:
+        out = forward(data[part])
+        outs = [out] if isinstance(out, torch.Tensor) else list(out)
+        used = [(o, g[part]) for o, g in zip(outs, grads) if g is not None]
+        torch.autograd.backward([o for o, _ in used], [g for _, g in used])
+    return float(loss.detach().item())
+
+
 def _gb(value: int | None) -> str:
     return "unknown (not measured off CUDA)" if value is None else f"{value / 1e9:.2f} GB"
 
@@ -83,16 +111,15 @@ class OomRecovery:
         self.chunk_size: int | None = None
         self.events: list[OomEvent] = []
 
-    def run(self, batch_size: int, chunk_step: ChunkStep, zero_grad: Callable[[], None],
-            epoch: int | None = None, iteration: int | None = None) -> float:
-        """Accumulate the gradients of the whole batch; returns its loss (the weighted mean over chunks)."""
+    def run(self, batch_size: int, step: Step, zero_grad: Callable[[], None], epoch: int | None = None,
+            iteration: int | None = None) -> float:
+        """`step` with the whole batch, or after out-of-memory with halved chunks; returns the batch's loss."""
         if not self.enabled:
-            return chunk_step(slice(0, batch_size), 1.0)
+            return step(batch_size)
         size = batch_size if self.chunk_size is None else min(self.chunk_size, batch_size)
         while True:
             try:
-                return sum(chunk_step(part, (part.stop - part.start) / batch_size)
-                           for part in chunk_slices(batch_size, size))
+                return step(size)
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -113,9 +140,9 @@ class OomRecovery:
         self.events.append(OomEvent(epoch, iteration, batch_size, size, new, peak, self.estimated_memory_bytes))
         self.chunk_size = new
         log.warning("out of device memory at epoch %s iteration %s with %d of the batch's %d samples per "
-                    "forward/backward pass; redoing the step and continuing with %d per pass, gradients "
-                    "accumulated (same effective batch and schedule). Peak memory %s vs the planner's estimate %s "
-                    "(%s, patch size %s)", "?" if epoch is None else epoch + 1,
+                    "forward/backward pass; redoing the step and continuing with %d per pass, gradients of the whole "
+                    "batch accumulated (same effective batch and schedule). Peak memory %s vs the planner's "
+                    "estimate %s (%s, patch size %s)", "?" if epoch is None else epoch + 1,
                     "?" if iteration is None else iteration + 1, size, batch_size, new, _gb(peak),
                     _gb(self.estimated_memory_bytes), self.where, self.patch_size)
         return new

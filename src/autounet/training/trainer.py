@@ -50,7 +50,7 @@ from autounet.training.distributed import (
     unwrap_model,
     wrap_model,
 )
-from autounet.training.oom_recovery import OomRecovery
+from autounet.training.oom_recovery import OomRecovery, Outputs, chunked_gradients
 from autounet.training.loss import DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
 from autounet.training.progress_plot import PLOT_NAME, plot_progress
 from autounet.training.pseudo_dice import class_names, dice_from_counts, nan_mean
@@ -282,29 +282,35 @@ class Trainer:
         targets = [torch.as_tensor(t).to(self.device, non_blocking=non_blocking) for t in batch["target"]]
         return data, targets
 
-    def _forward_loss(self, data: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, data: torch.Tensor) -> Outputs:
         with autocast(self.precision, self.device):
-            output = self.model(data)
-            if isinstance(output, (list, tuple)):
-                loss = self.loss(list(output), targets)
-                full = output[0]
-            else:
-                loss = self.base_loss(output, targets[0])
-                full = output
-        return loss, full
+            return self.model(data)
 
-    def _accumulate(self, data: torch.Tensor, targets: list[torch.Tensor], part: slice, weight: float) -> float:
-        """Forward and backward of the samples `part` with the loss scaled by `weight`, their share of the batch."""
-        loss, _ = self._forward_loss(data[part], [t[part] for t in targets])
-        scaled = loss * weight if weight != 1.0 else loss
-        (self.grad_scaler.scale(scaled) if self.grad_scaler is not None else scaled).backward()
-        return float(loss.detach().item()) * weight
+    def _loss_of(self, output: Outputs, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, full-resolution logits) of the network's output: a deep-supervision list or one tensor."""
+        with autocast(self.precision, self.device):
+            if isinstance(output, (list, tuple)):
+                return self.loss(list(output), targets), output[0]
+            return self.base_loss(output, targets[0]), output
+
+    def _forward_loss(self, data: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loss_of(self._forward(data), targets)
+
+    def _gradients(self, data: torch.Tensor, targets: list[torch.Tensor], chunk_size: int) -> float:
+        """Backward of the batch's loss (scaled for fp16), the network run on `chunk_size` samples at a time."""
+        scale = self.grad_scaler.scale if self.grad_scaler is not None else (lambda loss: loss)
+        if chunk_size < data.shape[0]:
+            return chunked_gradients(self._forward, lambda out, t: self._loss_of(out, t)[0], scale, data, targets,
+                                     chunk_size)
+        loss, _ = self._forward_loss(data, targets)
+        scale(loss).backward()
+        return float(loss.detach().item())
 
     def train_step(self, batch: dict[str, Any], epoch: int | None = None, iteration: int | None = None) -> float:
         """One optimizer step on the batch (in chunks with accumulated gradients after an out-of-memory error)."""
         data, targets = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.oom.run(data.shape[0], lambda part, weight: self._accumulate(data, targets, part, weight),
+        loss = self.oom.run(data.shape[0], lambda chunk_size: self._gradients(data, targets, chunk_size),
                             lambda: self.optimizer.zero_grad(set_to_none=True), epoch, iteration)
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
