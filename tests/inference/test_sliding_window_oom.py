@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from autounet.errors import AutounetError
 from autounet.inference.sliding_window import sliding_window_logits
 
 
@@ -60,12 +61,13 @@ def test_oom_in_a_forward_halves_the_inputs_and_keeps_the_logits(caplog: pytest.
                         f"(peak unknown)" for n in (16, 8, 4)]
 
 
-def test_oom_with_one_input_reaches_the_caller() -> None:
-    """At one input per forward nothing smaller is left: the error goes up (on CUDA, to the
-    host-accumulation redo of accumulate_on='auto'; on the CPU to the caller)."""
+def test_oom_with_one_input_is_a_clear_error() -> None:
+    """At one input per forward nothing smaller is left: on CUDA the case is redone with the sums in
+    host memory (accumulate_on='auto'); when that fails too, or on a CPU, the error says what to do."""
     data = np.zeros((1, 8, 8, 8), dtype=np.float32)
     injected = OomInjector(_network(), 0)
-    with pytest.raises(torch.cuda.OutOfMemoryError):
+    with pytest.raises(AutounetError, match=r"^--device cpu: out of memory on cpu even with one tile of \[8, 8, 8\] "
+                                            r"per forward and the sums in host memory; free memory$"):
         _predict(injected, data, max_forward_batch=4)
     assert injected.seen == [4, 2, 1]
 

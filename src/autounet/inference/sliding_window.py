@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autounet.errors import AutounetError
 from autounet.core.out_of_memory import is_out_of_memory, peak_memory_bytes, release_cached_memory
 from autounet.inference.gaussian import gaussian_importance_map
 from autounet.inference.memory import (
@@ -213,7 +214,14 @@ def sliding_window_logits(
             log.warning("prediction with accumulation on %s failed (%s); redoing the case with host accumulation",
                         dev, str(exc).splitlines()[0])
             torch.cuda.empty_cache()
-    return _predict(*args, acc_device=torch.device("cpu"))
+    try:
+        return _predict(*args, acc_device=torch.device("cpu"))
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+    hint = "free memory" if dev.type == "cpu" else "predict with --device cpu, or free the GPU's memory"
+    raise AutounetError(f"--device {dev.type}: out of memory on {dev} even with one tile of {list(patch_size)} per "
+                        f"forward and the sums in host memory; {hint}")
 
 
 def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num_classes: int,
