@@ -185,9 +185,9 @@ class Trainer:
         self.base_loss = base
         self.loss = DeepSupervisionLoss(base, deep_supervision_weights(len(self.ds_scales),
                                                                         distributed=self.ctx.enabled))
-        self.oom = OomRecovery(self.device, self.cfg.estimated_memory_bytes,
-                               f"{self.data_folder.parent / 'plans.json'}: key configurations.{configuration_name}",
-                               plans.task, self.cfg.patch_size, enabled=not self.ctx.enabled)
+        self.oom = OomRecovery(self.device, self.cfg.estimated_memory_bytes, f"{self.data_folder.parent / 'plans.json'}"
+                               f": key configurations.{configuration_name}", plans.task, self.cfg.patch_size,
+                               enabled=not self.ctx.enabled)  # a DDP rank cannot retry alone
 
     # ------------------------------------------------------------------ state
     def checkpoint_state(self) -> dict[str, Any]:
