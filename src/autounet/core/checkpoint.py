@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from autounet.errors import CheckpointError
 from autounet.io.atomic import atomic_path
@@ -137,3 +138,20 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def load_matching_weights(model: nn.Module, source: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy every parameter/buffer whose name and shape match; return (loaded, skipped) names."""
+    own = model.state_dict()
+    loaded, skipped = [], []
+    update = {}
+    for name, value in own.items():
+        other = source.get(name)
+        if other is not None and tuple(other.shape) == tuple(value.shape):
+            update[name] = other
+            loaded.append(name)
+        else:
+            skipped.append(name)
+    own.update(update)
+    model.load_state_dict(own)
+    return loaded, skipped

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from autounet.errors import AutounetError
+from autounet.core.out_of_memory import is_out_of_memory, peak_memory_bytes, release_cached_memory
 from autounet.inference.gaussian import gaussian_importance_map
 from autounet.inference.memory import (
     DEVICE_MEMORY_SAFETY,
@@ -71,8 +73,42 @@ def _unwrap(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     return output
 
 
+class ForwardBatch:
+    """Inputs per network forward: halved when a forward runs out of device memory, down to 1, and
+    kept smaller for the rest of the case (its host-accumulation redo included)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, int(size))
+
+    def halve(self, device: torch.device) -> None:
+        before, self.size = self.size, (self.size + 1) // 2
+        release_cached_memory(device)
+        peak = peak_memory_bytes(device)
+        log.warning("out of device memory in a forward of %d tiles; continuing with %d per forward (peak %s)",
+                    before, self.size, "unknown" if peak is None else f"{peak / 1024**3:.2f} GiB")
+
+
+def _forward_chunks(net: nn.Module, views: torch.Tensor, forward_batch: ForwardBatch, precision: str) -> torch.Tensor:
+    """The network's fp32 logits of `views`, at most `forward_batch.size` at a time; a forward that runs
+    out of memory is redone with half as many inputs, and at one input the error goes to the caller."""
+    outs: list[torch.Tensor] = []
+    start = 0
+    while start < views.shape[0]:
+        chunk = views[start:start + forward_batch.size]
+        try:
+            with autocast(precision, views.device):
+                outs.append(_unwrap(net(chunk)).float())
+            start += chunk.shape[0]
+            continue
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc) or forward_batch.size == 1:
+                raise
+        forward_batch.halve(views.device)  # outside the except block: the failed forward's tensors are freed
+    return torch.cat(outs)
+
+
 def _forward_tiles(networks: Sequence[nn.Module], tiles: torch.Tensor, mirror_axes: Sequence[int],
-                   max_forward_batch: int, precision: str, sigmoid: bool = False) -> torch.Tensor:
+                   forward_batch: ForwardBatch, precision: str, sigmoid: bool = False) -> torch.Tensor:
     """Mean logits over networks and mirrorings for a batch of tiles (n, C, *patch) -> (n, K, *patch) fp32.
 
     With `sigmoid` (region outputs) each view's probabilities are averaged instead of its logits."""
@@ -82,12 +118,7 @@ def _forward_tiles(networks: Sequence[nn.Module], tiles: torch.Tensor, mirror_ax
     views = torch.cat([torch.flip(tiles, [a + 2 for a in s]) if s else tiles for s in subsets])
     total: torch.Tensor | None = None
     for net in networks:
-        outs = []
-        for start in range(0, views.shape[0], max_forward_batch):
-            chunk = views[start:start + max_forward_batch]
-            with autocast(precision, tiles.device):
-                outs.append(_unwrap(net(chunk)).float())
-        out = torch.cat(outs)
+        out = _forward_chunks(net, views, forward_batch, precision)
         for i, s in enumerate(subsets):
             part = out[i * n:(i + 1) * n]
             part = torch.flip(part, [a + 2 for a in s]) if s else part
@@ -138,7 +169,8 @@ def sliding_window_logits(
     `accumulate_on`: "device" keeps the sums on `device`, "cpu" in host memory, "auto" decides
     from the estimated memory and, if the device still runs out of memory, redoes the case
     with host accumulation. `batch_tiles` tiles (times the mirrorings) go through one forward,
-    at most `max_forward_batch` inputs at a time. `precision` as in `networks.precision`
+    at most `max_forward_batch` inputs at a time (halved, down to 1, when a forward runs out of device
+    memory; after that the host-accumulation redo of "auto"). `precision` as in `networks.precision`
     (`auto`: fp16 autocast on CUDA, bf16 on CPUs with native bfloat16, else fp32).
     """
     networks = list(network) if isinstance(network, (list, tuple)) else [network]
@@ -172,7 +204,7 @@ def sliding_window_logits(
         placement = _auto_placement(networks, spatial, num_classes, patch_size, x.shape[0], dev,
                                     batch_tiles * n_views)
     args = (networks, x, tuple(int(p) for p in patch_size), num_classes, step_size, tuple(mirror_axes),
-            use_gaussian, dev, batch_tiles, max_forward_batch, resolved_precision, sigmoid)
+            use_gaussian, dev, batch_tiles, ForwardBatch(max_forward_batch), resolved_precision, sigmoid)
     if placement == "device" and dev.type == "cuda":
         try:
             return _predict(*args, acc_device=dev)
@@ -182,7 +214,14 @@ def sliding_window_logits(
             log.warning("prediction with accumulation on %s failed (%s); redoing the case with host accumulation",
                         dev, str(exc).splitlines()[0])
             torch.cuda.empty_cache()
-    return _predict(*args, acc_device=torch.device("cpu"))
+    try:
+        return _predict(*args, acc_device=torch.device("cpu"))
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+    hint = "free memory" if dev.type == "cpu" else "predict with --device cpu, or free the GPU's memory"
+    raise AutounetError(f"--device {dev.type}: out of memory on {dev} even with one tile of {list(patch_size)} per "
+                        f"forward and the sums in host memory; {hint}")
 
 
 def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num_classes: int,
@@ -209,7 +248,7 @@ def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num
 
 def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[int, ...], num_classes: int,
              step_size: float, mirror_axes: tuple[int, ...], use_gaussian: bool, dev: torch.device,
-             batch_tiles: int, max_forward_batch: int, precision: str, sigmoid: bool,
+             batch_tiles: int, forward_batch: ForwardBatch, precision: str, sigmoid: bool,
              acc_device: torch.device) -> torch.Tensor:
     spatial = tuple(x.shape[1:])
     slice_axis = len(spatial) == len(patch_size) + 1  # 2D network on 3D data
@@ -254,7 +293,7 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
         if slice_axis:
             tiles = tiles[:, :, 0]
         tiles = tiles.to(dev, non_blocking=True)
-        out = _forward_tiles(networks, tiles, mirror_axes, max_forward_batch, precision, sigmoid)
+        out = _forward_tiles(networks, tiles, mirror_axes, forward_batch, precision, sigmoid)
         if out.shape[1] != num_classes:
             raise ValueError(f"network returned {out.shape[1]} channels, expected {num_classes} classes")
         if slice_axis:

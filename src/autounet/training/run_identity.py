@@ -27,6 +27,7 @@ from autounet.errors import AutounetError, PlansError
 from autounet.io.atomic import read_json, write_json
 from autounet.io.json_schema import from_dict, to_dict
 from autounet.planners.plans import DEFAULT_PLANS_NAME
+from autounet.training.oom_recovery import OomEvent
 from autounet.training.settings import DEFAULT_EPOCHS, DEFAULT_ITERS_PER_EPOCH, TrainingSettings
 
 MANIFEST_NAME = "run.json"
@@ -132,6 +133,8 @@ class RunManifest:
     blocks: list[str] = field(default_factory=list)
     #: --init-from: the checkpoint, its sha256, how many tensors it filled, the layers re-initialised
     init: dict[str, Any] | None = None
+    #: every out-of-memory retry of a training step (training.oom_recovery), across resumes
+    oom_events: list[OomEvent] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if self.status not in STATUSES:

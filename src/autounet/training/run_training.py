@@ -335,6 +335,7 @@ def run_training(
                                              resolve_device(settings.device, ctx), ctx)
                 save_manifest(manifest, fold_dir)
             barrier(ctx)
+            trainer: Trainer | None = None
             try:
                 if previous_dir is not None:
                     log.info("cascade: %s inputs are the image plus the one-hot of the %s predictions in %s",
@@ -357,11 +358,13 @@ def run_training(
                                      val_ids, settings, previous_dir, fold)
             except BaseException:
                 if manifest is not None:
+                    manifest.oom_events += trainer.oom.events if trainer is not None else []
                     manifest.status = "failed"
                     manifest.end_time = now_iso()
                     save_manifest(manifest, fold_dir)
                 raise
             if manifest is not None:
+                manifest.oom_events += trainer.oom.events if trainer is not None else []
                 manifest.status = "finished"
                 manifest.end_time = now_iso()
                 save_manifest(manifest, fold_dir)

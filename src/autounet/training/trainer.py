@@ -28,7 +28,7 @@ from autounet.errors import AutounetError, CheckpointError
 from autounet.io.atomic import TMP_PREFIX
 from autounet.io.json_schema import to_dict
 from autounet.networks.precision import autocast, needs_grad_scaler, resolve_precision
-from autounet.core.progress import Progress
+from autounet.core.progress import Progress, format_duration
 from autounet.core.system import cpu_threads
 from autounet.planners.plans import ConfigurationPlan, Plans
 from autounet.training import metrics_log
@@ -36,6 +36,7 @@ from autounet.core.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
+    load_matching_weights,
     restore_rng_state,
     save_checkpoint,
 )
@@ -49,6 +50,7 @@ from autounet.training.distributed import (
     unwrap_model,
     wrap_model,
 )
+from autounet.training.oom_recovery import OomRecovery, Outputs, chunked_gradients
 from autounet.training.loss import DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
 from autounet.training.progress_plot import PLOT_NAME, plot_progress
 from autounet.training.pseudo_dice import class_names, dice_from_counts, nan_mean
@@ -86,30 +88,6 @@ def resolve_device(name: str, ctx: DistributedContext | None = None) -> torch.de
 def poly_lr(initial_lr: float, epoch: int, max_epochs: int, exponent: float = 0.9) -> float:
     """Polynomial decay, evaluated once per epoch: lr0 * (1 - epoch / max_epochs) ** exponent."""
     return initial_lr * (1.0 - epoch / max_epochs) ** exponent
-
-
-def load_matching_weights(model: nn.Module, source: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """Copy every parameter/buffer whose name and shape match; return (loaded, skipped) names."""
-    own = model.state_dict()
-    loaded, skipped = [], []
-    update = {}
-    for name, value in own.items():
-        other = source.get(name)
-        if other is not None and tuple(other.shape) == tuple(value.shape):
-            update[name] = other
-            loaded.append(name)
-        else:
-            skipped.append(name)
-    own.update(update)
-    model.load_state_dict(own)
-    return loaded, skipped
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
 
 
 def _default_network_builder() -> NetworkBuilder:
@@ -207,6 +185,9 @@ class Trainer:
         self.base_loss = base
         self.loss = DeepSupervisionLoss(base, deep_supervision_weights(len(self.ds_scales),
                                                                         distributed=self.ctx.enabled))
+        self.oom = OomRecovery(self.device, self.cfg.estimated_memory_bytes, f"{self.data_folder.parent / 'plans.json'}"
+                               f": key configurations.{configuration_name}", plans.task, self.cfg.patch_size,
+                               enabled=not self.ctx.enabled)  # a DDP rank cannot retry alone
 
     # ------------------------------------------------------------------ state
     def checkpoint_state(self) -> dict[str, Any]:
@@ -305,32 +286,45 @@ class Trainer:
         targets = [torch.as_tensor(t).to(self.device, non_blocking=non_blocking) for t in batch["target"]]
         return data, targets
 
-    def _forward_loss(self, data: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, data: torch.Tensor) -> Outputs:
         with autocast(self.precision, self.device):
-            output = self.model(data)
-            if isinstance(output, (list, tuple)):
-                loss = self.loss(list(output), targets)
-                full = output[0]
-            else:
-                loss = self.base_loss(output, targets[0])
-                full = output
-        return loss, full
+            return self.model(data)
 
-    def train_step(self, batch: dict[str, Any]) -> float:
+    def _loss_of(self, output: Outputs, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, full-resolution logits) of the network's output: a deep-supervision list or one tensor."""
+        with autocast(self.precision, self.device):
+            if isinstance(output, (list, tuple)):
+                return self.loss(list(output), targets), output[0]
+            return self.base_loss(output, targets[0]), output
+
+    def _forward_loss(self, data: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loss_of(self._forward(data), targets)
+
+    def _gradients(self, data: torch.Tensor, targets: list[torch.Tensor], chunk_size: int) -> float:
+        """Backward of the batch's loss (scaled for fp16), the network run on `chunk_size` samples at a time."""
+        scale = self.grad_scaler.scale if self.grad_scaler is not None else (lambda loss: loss)
+        if chunk_size < data.shape[0]:
+            return chunked_gradients(self._forward, lambda out, t: self._loss_of(out, t)[0], scale, data, targets,
+                                     chunk_size)
+        loss, _ = self._forward_loss(data, targets)
+        scale(loss).backward()
+        return float(loss.detach().item())
+
+    def train_step(self, batch: dict[str, Any], epoch: int | None = None, iteration: int | None = None) -> float:
+        """One optimizer step on the batch (in chunks with accumulated gradients after an out-of-memory error)."""
         data, targets = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _ = self._forward_loss(data, targets)
+        loss = self.oom.run(data.shape[0], lambda chunk_size: self._gradients(data, targets, chunk_size),
+                            lambda: self.optimizer.zero_grad(set_to_none=True), epoch, iteration)
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+        nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
             self.optimizer.step()
-        return float(loss.detach().item())
+        return loss
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
@@ -357,9 +351,9 @@ class Trainer:
         losses = []
         with Progress(self.settings.iters_per_epoch, f"epoch {epoch + 1}/{self.settings.epochs} training",
                       enabled=self.ctx.is_main, leave=False) as bar:
-            for _ in range(self.settings.iters_per_epoch):
+            for iteration in range(self.settings.iters_per_epoch):
                 batch, iterators["train"] = self._next_batch(iterators["train"], train_batches)
-                losses.append(self.train_step(batch))
+                losses.append(self.train_step(batch, epoch, iteration))
                 bar.update(1, f"loss {losses[-1]:.4f}")
         train_loss = all_reduce_mean(float(np.mean(losses)), self.ctx, self.device)
 
@@ -392,7 +386,7 @@ class Trainer:
         dice = ", ".join(f"{n} {v:.4f}" for n, v in zip(self.class_names, row["pseudo_dice"]))
         log.info("epoch %d/%d | train loss %.4f | val loss %.4f | pseudo Dice (patch-based proxy) [%s] | EMA %.4f | "
                  "lr %.6f | %.1f s | ETA %s", epoch + 1, self.settings.epochs, row["train_loss"], row["val_loss"],
-                 dice, row["ema_pseudo_dice"], row["lr"], row["epoch_time"], _format_duration(eta))
+                 dice, row["ema_pseudo_dice"], row["lr"], row["epoch_time"], format_duration(eta))
 
     def _record(self, epoch: int, row: dict[str, Any]) -> bool:
         """Append the epoch to history; True if its EMA is a new best."""
