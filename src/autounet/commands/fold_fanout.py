@@ -343,12 +343,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_queue(jobs: Sequence[FoldJob], slots: Sequence[Slot], launcher: Launcher = launch_process, *,
+def run_queue(jobs: Sequence[FoldJob], slots: Sequence[Slot], launcher: Launcher | None = None, *,
               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
               poll_s: float = POLL_S, report_s: float = REPORT_EVERY_S, grace_s: float = GRACE_S) -> FanoutResult:
     """Run every job, at most one per slot at a time, each freed slot taking the next job."""
     if not slots:
         raise AutounetError("no slot to run the folds on: give --gpus or --parallel-folds")
+    launcher = launcher or launch_process
     pending, free = deque(jobs), list(slots)
     running: list[_Running] = []
     done: dict[str, FoldOutcome] = {}
@@ -454,8 +455,11 @@ def format_fanout_summary(result: FanoutResult) -> str:
 
 def train_folds_side_by_side(workspace: Workspace, task: str, args: argparse.Namespace,
                              settings: TrainingSettings, folds: Sequence[int | str], slots: Sequence[Slot],
-                             launcher: Launcher = launch_process) -> FanoutResult:
-    """The folds of `args` as child processes over `slots`; the result says how each ended."""
+                             launcher: Launcher | None = None) -> FanoutResult:
+    """The folds of `args` as child processes over `slots`; the result says how each ended.
+
+    `launcher` starts one child (default: `launch_process`, looked up when called).
+    """
     parallel = min(len(slots), len(folds))
     jobs = fold_jobs(workspace, task, args, settings, folds, parallel)
     log.info("training %d fold(s) of %s, %d at a time on %s; each fold's output goes to %s",
