@@ -364,3 +364,28 @@ def test_a_failed_fold_makes_the_exit_code_non_zero(preprocessed_demo: Path, cap
     assert "1 fold(s) failed" in captured.err
     assert re.search(r"^0\s+failed .*error: stand-in failure", captured.out, re.M)
     assert re.search(r"^2\s+finished", captured.out, re.M)
+
+
+# --------------------------------------------------------------------------- the Slurm array script
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_slurm_script_trains_the_array_tasks_fold(tmp_path: Path) -> None:
+    """scripts/slurm_folds.sh with a stand-in `autounet` on PATH: the command each array task runs."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "slurm_folds.sh"
+    text = script.read_text()
+    assert "#SBATCH --array=0-4" in text and "#SBATCH --gpus=1" in text
+    (tmp_path / "autounet").write_text('#!/bin/sh\necho "autounet $*"\n')
+    (tmp_path / "autounet").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "3"}
+
+    def run(*words: str, **extra: str) -> str:
+        done = subprocess.run(["bash", str(script), *words], env={**env, **extra}, capture_output=True, text=True,
+                              check=True)
+        return done.stdout.splitlines()[-1]
+
+    assert run("Task01", "2d", "--epochs", "5") == "autounet train 2d fold 3 -t Task01 --epochs 5"
+    assert run("Task01") == "autounet train 3d_fullres fold 3 -t Task01"
+    assert run("Task01", SLURM_RESTART_COUNT="1") == "autounet train 3d_fullres fold 3 -t Task01 --resume"
