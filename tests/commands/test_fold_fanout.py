@@ -18,6 +18,7 @@ import pytest
 
 from autounet.cli import build_parser, main, parse_folds
 from autounet.commands import fold_fanout as ff
+from autounet.commands import fold_summary as fs
 from autounet.core.run_layout import fold_folder_name
 from autounet.core.system import cpu_count
 from autounet.core.workspace import Workspace
@@ -101,6 +102,8 @@ def test_choose_slots() -> None:
                                                 ("GPU 2", {"CUDA_VISIBLE_DEVICES": "2"})]
     assert [s.name for s in ff.choose_slots(None, 3)] == ["CPU slot 1", "CPU slot 2", "CPU slot 3"]
     assert ff.choose_slots(None, None) == []
+    twice = ff.choose_slots("0,0", None, device_count=lambda: 1)  # two folds at a time on GPU 0
+    assert [s.env for s in twice] == [{"CUDA_VISIBLE_DEVICES": "0"}] * 2
     assert ff.runs_in_process(gpus, [0])  # one fold: in this process, as without the option
     assert ff.runs_in_process(ff.choose_slots(None, 1), [0, 1])
     assert ff.runs_in_process([], [0, 1])
@@ -200,12 +203,18 @@ class FakeClock:
         self.now += seconds
 
 
-def test_five_folds_on_two_gpus_run_two_at_a_time(tmp_path: Path) -> None:
+def test_five_folds_on_two_gpus_run_two_at_a_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     slots = ff.choose_slots("0,1", None, device_count=lambda: 2)
     launcher = FakeLauncher({"0": 3, "1": 1, "2": 4, "3": 1, "4": 2})
     clock = FakeClock()
-    result = ff.run_queue(_jobs(tmp_path, list("01234")), slots, launcher, clock=clock, sleep=clock.sleep,
-                          poll_s=1.0)
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / "metrics.jsonl").write_text('{"epoch": 2}\n')
+    with caplog.at_level(logging.INFO, logger="autounet.commands.fold_fanout"):
+        result = ff.run_queue(_jobs(tmp_path, list("01234")), slots, launcher, clock=clock, sleep=clock.sleep,
+                              poll_s=1.0, report_s=3.0)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("folds running")]
+    # Every 3 s while folds run: at t=3 folds 0 and 2, at t=6 fold 2 (3 has just ended); at t=9 none runs.
+    assert progress == ["folds running: 0 (epoch 3/10), 2 (starting)", "folds running: 2 (starting)"]
     assert launcher.most == 2
     assert [o.status for o in result.outcomes] == ["finished"] * 5
     assert {gpu for _, gpu in launcher.started} == {"0", "1"}
@@ -233,7 +242,7 @@ def test_a_failed_fold_is_reported_while_the_other_finishes(tmp_path: Path) -> N
     assert (fold1.status, fold1.exit_code, fold1.error) == ("failed", 2, "error: fold 1: out of memory")
     assert [o.fold for o in result.failed] == ["1"]
     assert not launcher.children[0].interrupted  # the failure did not stop fold 0
-    text = ff.format_fanout_summary(result)
+    text = fs.format_fanout_summary(result)
     lines = text.splitlines()
     assert lines[0].split() == ["fold", "status", "val", "Dice", "time", "where", "pid", "note"]
     assert lines[1].split()[:6] == ["0", "finished", "0.8125", "6s", "CPU", "slot"]
@@ -262,11 +271,11 @@ def test_interrupt_stops_running_folds_and_leaves_the_rest(tmp_path: Path) -> No
 def test_progress_line_reads_metrics(tmp_path: Path) -> None:
     fold_dir = tmp_path / "fold_0"
     fold_dir.mkdir()
-    assert ff.fold_progress(fold_dir, 10) == "starting"
+    assert fs.fold_progress(fold_dir, 10) == "starting"
     (fold_dir / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')  # a row being written
-    assert ff.fold_progress(fold_dir, 10) == "epoch 3/10"
+    assert fs.fold_progress(fold_dir, 10) == "epoch 3/10"
     (fold_dir / "metrics.jsonl").write_text('{"epoch": 10}\n')
-    assert ff.fold_progress(fold_dir, 10) == "validating"
+    assert fs.fold_progress(fold_dir, 10) == "validating"
 
 
 @pytest.mark.skipif(os.name != "posix", reason="process groups")
@@ -343,7 +352,7 @@ def test_two_folds_train_in_two_processes(preprocessed_demo: Path, capsys: pytes
         assert (fold_dir / "checkpoint_final.pt").is_file()
         log_text = (fold_dir / "fanout.log").read_text()
         assert f"--fold {k} " in log_text and "--threads 1" in log_text
-        assert float(rows[k][2]) == pytest.approx(ff.validation_dice(fold_dir), abs=1e-4)
+        assert float(rows[k][2]) == pytest.approx(fs.validation_dice(fold_dir), abs=1e-4)
 
 
 def test_a_failed_fold_makes_the_exit_code_non_zero(preprocessed_demo: Path, capsys: pytest.CaptureFixture[str],

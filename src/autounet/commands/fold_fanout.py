@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -27,13 +26,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from autounet.commands.fold_summary import (
+    FanoutResult,
+    FoldOutcome,
+    fold_progress,
+    last_error_line,
+    validation_dice,
+)
 from autounet.core.progress import format_duration
 from autounet.core.run_layout import fold_folder_name
 from autounet.core.system import cpu_count
 from autounet.core.workspace import Workspace
 from autounet.errors import AutounetError
-from autounet.io.atomic import read_json
-from autounet.training.metrics_log import METRICS_NAME
 from autounet.training.run_identity import run_name
 from autounet.training.settings import TrainingSettings
 
@@ -70,32 +74,6 @@ class FoldJob:
         return self.fold_dir / LOG_NAME
 
 
-@dataclasses.dataclass
-class FoldOutcome:
-    """How one fold's child ended; `status` is finished, failed, interrupted or not started."""
-
-    fold: str
-    status: str
-    slot: str = ""
-    pid: int | None = None
-    seconds: float = 0.0
-    exit_code: int | None = None
-    dice: float | None = None
-    error: str | None = None
-    log_path: Path | None = None
-
-
-@dataclasses.dataclass
-class FanoutResult:
-    outcomes: list[FoldOutcome]
-    seconds: float
-    interrupted: bool = False
-
-    @property
-    def failed(self) -> list[FoldOutcome]:
-        return [o for o in self.outcomes if o.status != "finished"]
-
-
 class Child(Protocol):
     """A started fold process, as the queue sees it (a Popen, or a fake in tests)."""
 
@@ -126,9 +104,11 @@ def parse_gpu_ids(text: str) -> list[int]:
 
 
 def _cuda_device_count() -> int:
+    """GPUs this process sees, counted through NVML where possible: CUDA itself is not started, so a
+    single fold trained here can still be pointed at its GPU with CUDA_VISIBLE_DEVICES."""
     import torch
 
-    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    return int(torch.cuda.device_count())
 
 
 def choose_slots(gpus: str | None, parallel_folds: int | None, device: str = "auto",
@@ -387,70 +367,8 @@ def run_queue(jobs: Sequence[FoldJob], slots: Sequence[Slot], launcher: Launcher
     return FanoutResult(outcomes, clock() - begin, interrupted)
 
 
-# --------------------------------------------------------------------------- reading fold files
-
-
-def fold_progress(fold_dir: Path, epochs: int) -> str:
-    """'epoch 3/10' from the last complete row of metrics.jsonl; 'starting' before the first epoch ends."""
-    done = 0
-    try:
-        lines = (fold_dir / METRICS_NAME).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        lines = []
-    for line in reversed(lines):
-        try:
-            done = int(json.loads(line)["epoch"])
-            break
-        except (ValueError, KeyError, TypeError):
-            continue  # a row being appended right now
-    if done == 0:
-        return "starting"
-    return "validating" if done >= epochs else f"epoch {done + 1}/{epochs}"
-
-
 def progress_line(running: Sequence[_Running]) -> str:
     return ", ".join(f"{r.job.fold} ({fold_progress(r.job.fold_dir, r.job.epochs)})" for r in running)
-
-
-def validation_dice(fold_dir: Path) -> float | None:
-    """Mean foreground Dice of fold_k/validation/summary.json (None without validation)."""
-    path = fold_dir / "validation" / "summary.json"
-    try:
-        value = read_json(path, allow_nan=True)["foreground_mean"]["Dice"]
-    except (OSError, ValueError, KeyError, TypeError, AutounetError):
-        return None
-    return float(value) if value is not None else None
-
-
-def last_error_line(log_path: Path, offset: int = 0) -> str | None:
-    """The last `error: ...` line a child wrote after `offset`, else its last line (a traceback's exception)."""
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("=== ")]
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [None])[-1]
-
-
-def format_fanout_summary(result: FanoutResult) -> str:
-    """One row per fold: status, validation Dice, wall time, slot, pid, and what went wrong."""
-    rows = [("fold", "status", "val Dice", "time", "where", "pid", "note")]
-    for o in result.outcomes:
-        dice = f"{o.dice:.4f}" if o.dice is not None else "-"
-        time_text = format_duration(o.seconds) if o.status != "not started" else "-"
-        note = o.error or ("stopped; continue it with --resume" if o.status == "interrupted" else "")
-        if o.status in ("failed", "interrupted") and o.log_path is not None:
-            note = f"{note} (log: {o.log_path})".strip()
-        rows.append((o.fold, o.status, dice, time_text, o.slot or "-", str(o.pid or "-"), note))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + ("  " + r[-1] if r[-1] else "") for r in rows]
-    finished = sum(o.status == "finished" for o in result.outcomes)
-    lines.append(f"{finished} of {len(result.outcomes)} fold(s) finished in {format_duration(result.seconds)}"
-                 + (" (interrupted)" if result.interrupted else ""))
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def train_folds_side_by_side(workspace: Workspace, task: str, args: argparse.Namespace,

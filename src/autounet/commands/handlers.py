@@ -83,12 +83,8 @@ def _train_settings(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from autounet.commands.fold_fanout import (
-        choose_slots,
-        format_fanout_summary,
-        runs_in_process,
-        train_folds_side_by_side,
-    )
+    from autounet.commands.fold_fanout import choose_slots, runs_in_process, train_folds_side_by_side
+    from autounet.commands.fold_summary import format_fanout_summary
     from autounet.training.run_training import resolve_task_for_training, run_training
 
     ws = _workspace(args)
