@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip predicting the validation cases at the end of the fold (no CV results)")
     p.add_argument("--disable-tta", action="store_true",
                    help="no test-time mirroring when predicting the validation cases (about 8x faster in 3D)")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--gpus", default=None, metavar="IDS",
+                      help="train the folds side by side, one process per GPU at a time, e.g. --gpus 0,1,2,3; "
+                           "each fold's output goes to fold_N/fanout.log")
+    side.add_argument("--parallel-folds", type=int, default=None, metavar="N",
+                      help="train N folds side by side as CPU processes, sharing the cores (--threads, --workers)")
 
     p = add("predict", h.cmd_predict, "predict a folder of images (or one file) with a trained model")
     p.add_argument("-i", "--input", required=True, help="folder of cases (either layout) or one image file")

@@ -80,14 +80,10 @@ def parse_blocks(text: str | None) -> list[str] | None:
     return [] if names in ([], ["none"]) else names
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from autounet.training.run_training import resolve_task_for_training, run_training
+def _train_settings(args: argparse.Namespace) -> Any:
     from autounet.training.settings import TrainingSettings, default_val_iters
 
-    ws = _workspace(args)
-    folds = args.fold_list
-    task = resolve_task_for_training(ws, args.task)
-    settings = TrainingSettings(
+    return TrainingSettings(
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device=args.device, workers=args.workers,
         resume=args.resume, init_from=args.init_from, network=args.network, plans=args.plans,
         blocks=parse_blocks(args.blocks),
@@ -96,10 +92,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         validate_at_end=not args.skip_validation, validation_mirroring=not args.disable_tta, threads=args.threads,
         precision=args.precision, tensorboard=args.tensorboard,
     )
-    for fold in folds:
-        fold_dir = run_training(ws, task, args.configuration, fold, settings)
-        print(f"fold {fold} finished: {fold_dir}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from autounet.commands.fold_fanout import choose_slots, runs_in_process, train_folds_side_by_side
+    from autounet.commands.fold_summary import format_fanout_summary
+    from autounet.training.run_training import resolve_task_for_training, run_training
+
+    ws = _workspace(args)
+    folds = args.fold_list
+    slots = choose_slots(getattr(args, "gpus", None), getattr(args, "parallel_folds", None), args.device)
+    task = resolve_task_for_training(ws, args.task)
+    settings = _train_settings(args)
+    settings.validate()
+    failed = 0
+    if runs_in_process(slots, folds):
+        if slots:  # --gpus K with one fold: this process trains on GPU K (CUDA is not initialised yet)
+            os.environ.update(slots[0].env)
+        for fold in folds:
+            fold_dir = run_training(ws, task, args.configuration, fold, settings)
+            print(f"fold {fold} finished: {fold_dir}")
+    else:
+        result = train_folds_side_by_side(ws, task, args, settings, folds, slots)
+        print(format_fanout_summary(result))
+        if result.interrupted:
+            raise KeyboardInterrupt
+        failed = len(result.failed)
     _refresh_report(ws, task)
+    if failed:
+        print(f"error: {failed} fold(s) failed; each failed fold's log is named above", file=sys.stderr)
+        return 1
     print(f"next: autounet find_best_configuration {task}   |   autounet predict -t {task} -i imagesTs -o preds")
     return 0
 
