@@ -97,7 +97,7 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
                                            if r.spacing_zyx is not None and r.shape_zyx is not None]))
     for case in task.test:
         for p in case.images:
-            if not p.is_file():
+            if not (p.is_file() or p.is_dir()):  # a folder: a DICOM series
                 report.errors.append(
                     f"{p}: test image of case '{case.case_id}' is missing; "
                     "add the file or remove the case from the test list"
