@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -65,6 +67,7 @@ def test_dicom_seg_round_trip_equals_the_nifti_output(ws, tmp_path):
     _predict(ws, tmp_path, tmp_path / "in", "nifti")
     report = _predict(ws, tmp_path, tmp_path / "in", "seg", output_format="dicom-seg")
     assert report.written == ["ct1"]
+    assert json.loads((tmp_path / "seg" / "predict_info.json").read_text())["output_format"] == "dicom-seg"
     nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nifti" / "ct1.nii.gz")))
     np.testing.assert_array_equal(nifti, expected)
 
@@ -90,6 +93,20 @@ def test_dicom_seg_needs_dicom_input(ws, tmp_path):
     with pytest.raises(AutounetError, match=r"x_0000.nii.gz: --output-format dicom-seg needs DICOM series as input"):
         _predict(ws, tmp_path, tmp_path / "in", "out", output_format="dicom-seg")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_dicom_seg_for_nifti_input_in_one_line(ws, tmp_path, capsys):
+    from autounet import cli
+
+    values, image = labelled_case()
+    (tmp_path / "in").mkdir()
+    write_image(image[0], make_geometry(values.shape), tmp_path / "in" / "x.nii.gz")
+    code = cli.main(["--workspace", str(ws.root), "predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                     "-t", "Task99_Toy", "--device", "cpu", "--output-format", "dicom-seg"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == (f"error: {tmp_path / 'in' / 'x.nii.gz'}: --output-format dicom-seg needs DICOM series as input "
+                   f"(a DICOM-SEG references its source slices); use the default nifti output for this input")
 
 
 def test_dicom_seg_without_the_extra_names_it(ws, tmp_path, monkeypatch):

@@ -164,3 +164,21 @@ def test_totalsegmentator_series_lies_on_its_reference_grid(shared_data_dir):
     # TotalSegmentator's labels sit inside the body: their voxels are soft tissue, not air
     labels = np.flip(sitk.GetArrayFromImage(reference), axis=1)
     assert np.median(data[0][labels > 0]) > -200 and np.median(data[0][labels == 0]) < np.median(data[0][labels > 0])
+
+
+def test_single_slice_series_takes_its_step_from_the_header(tmp_path):
+    (path,) = write_series(tmp_path / "s", _volume(1), axial_positions(1, 1.0), slice_thickness=4.0)
+    data, geometry = read_series(tmp_path / "s")
+    assert data.shape == (1, 1, 5, 6) and geometry.is_2d
+    assert geometry.spacing == pytest.approx((0.8, 0.5, 1.0))  # no steps: SpacingBetweenSlices (GDCM wrote 1)
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.dcmread(str(path))
+    del ds.SpacingBetweenSlices
+    ds.save_as(str(path))
+    assert read_series(tmp_path / "s")[1].spacing == pytest.approx((0.8, 0.5, 4.0))  # then SliceThickness
+
+
+def test_a_folder_named_like_an_image_file_keeps_the_file_message(tmp_path):
+    (tmp_path / "a_0000.nii.gz").mkdir()
+    with pytest.raises(ImageReadError, match="is not a regular file"):
+        read_image(tmp_path / "a_0000.nii.gz")

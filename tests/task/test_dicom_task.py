@@ -60,6 +60,14 @@ def test_a_broken_series_is_an_integrity_error_naming_its_folder(tmp_path):
     assert report.errors[0].startswith(f"{root / 'imagesTr' / 'case1_0000'}: missing slice(s): a gap of 5 mm")
 
 
+def test_a_series_folder_beyond_channel_names_is_an_error(tmp_path):
+    root = _dicom_task(tmp_path, num_cases=2)
+    write_series(root / "imagesTr" / "case0_0001", np.zeros(SHAPE, np.int16), axial_positions(SHAPE[0], 2.5))
+    errors = check_task(load_task(root), show_progress=False).errors
+    assert errors == [f"{root / 'imagesTr' / 'case0_0001'}: channel 1 is not declared in dataset.json "
+                      f"'channel_names' (declared: 1); remove the file or declare the channel"]
+
+
 def test_plan_and_preprocess_reads_the_series_grid(tmp_path):
     root = _dicom_task(tmp_path)
     ws = tmp_path / "ws"

@@ -191,8 +191,9 @@ def predict_folder(
              "on" if use_mirroring else "off", step_size, decision.describe() if decision else "none")
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / INFO_FILE, _prediction_info(choice, predictors, used_folds, checkpoint, preset,
-                                                        bool(use_mirroring), step_size, decision, num_parts, part_id))
+    info = _prediction_info(choice, predictors, used_folds, checkpoint, preset, bool(use_mirroring), step_size,
+                            decision, num_parts, part_id)
+    write_json(output_dir / INFO_FILE, {**info, "output_format": output_format})
 
     report = PredictionReport(choice=choice)
     _predict_cases(cases, predictors, output_dir, decision, save_probabilities, resume, show_progress, report,

@@ -194,6 +194,18 @@ def _numbers(reader: sitk.ImageFileReader, tag: str, count: int, path: Path, nam
     return values
 
 
+def _single_slice_step(reader: sitk.ImageFileReader) -> float:
+    """z spacing of a one-slice series, which has no position steps: SpacingBetweenSlices, else SliceThickness."""
+    for tag in _TAG_SLICE_STEP:
+        try:
+            step = abs(float(reader.GetMetaData(tag).strip())) if reader.HasMetaDataKey(tag) else 0.0
+        except ValueError:
+            step = 0.0
+        if step > 0 and np.isfinite(step):
+            return step
+    return 1.0
+
+
 def _slice_header(path: Path) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -213,28 +225,22 @@ def read_series_info(ref: str | os.PathLike[str]) -> tuple[list[Path], Geometry]
     """The series' files in slice order and its grid, from the headers only."""
     ref = Path(ref)
     files = series_files(ref)
-    where = series_folder(ref) if ref.is_dir() else ref
+    where = ref  # the folder, or the folder and the UID
+    headers = [_slice_header(f) for f in files]
     positions, orientations = [], []
-    rows_cols: set[tuple[int, int]] = set()
-    for f in files:
-        reader = _slice_header(f)
+    for f, reader in zip(files, headers):
         frames = reader.GetMetaData(_TAG_FRAMES).strip() if reader.HasMetaDataKey(_TAG_FRAMES) else "1"
         if frames not in ("", "1"):
             raise ImageReadError(f, f"multi-frame DICOM ({frames} frames in one file) is not supported; export the "
                                     "series as one file per slice")
         positions.append(_numbers(reader, _TAG_POSITION, 3, f, "ImagePositionPatient"))
         orientations.append(_numbers(reader, _TAG_ORIENTATION, 6, f, "ImageOrientationPatient"))
-        rows_cols.add(tuple(reader.GetSize()[:2]))  # type: ignore[arg-type]
-        if len(positions) == 1:
-            first = reader
+    rows_cols = {tuple(reader.GetSize()[:2]) for reader in headers}
     if len(rows_cols) > 1:
         raise ImageReadError(where, f"slices of different sizes {sorted(rows_cols)} (columns, rows); give each size "
                              "its own series")
-    step = 1.0
-    for tag in _TAG_SLICE_STEP:
-        if len(files) == 1 and first.HasMetaDataKey(tag):
-            step = abs(float(first.GetMetaData(tag).strip() or 1.0)) or 1.0
-            break
+    first = headers[0]
+    step = _single_slice_step(first) if len(files) == 1 else 1.0
     grid = slice_grid(positions, orientations, where, single_step=step)
     dy, dx = _numbers(first, _TAG_PIXEL_SPACING, 2, files[0], "PixelSpacing") \
         if first.HasMetaDataKey(_TAG_PIXEL_SPACING) else (1.0, 1.0)
