@@ -10,6 +10,7 @@ import pytest
 
 from autounet import cli
 from autounet.core.workspace import Workspace
+from autounet.errors import DatasetError
 from autounet.io.geometry import Geometry
 from autounet.io.images import write_label
 from autounet.preprocessing.case_store import CaseStore
@@ -82,3 +83,12 @@ def test_plan_and_preprocess_reads_the_series_grid(tmp_path):
     assert props.geometry.origin == pytest.approx((-5.0, 7.0, 13.0))
     assert props.geometry.spacing == pytest.approx(SPACING_XYZ)
     assert int((seg > 0).sum()) == 4 * 8 * 7  # the label's voxels, found on the series' grid
+
+
+def test_a_series_folder_without_channel_suffix_is_named(tmp_path):
+    root = _dicom_task(tmp_path, num_cases=1)
+    (root / "imagesTr" / "case0_0000").rename(root / "imagesTr" / "case0")
+    with pytest.raises(DatasetError) as info:
+        load_task(root)
+    assert str(info.value) == (f"{root / 'imagesTr' / 'case0'}: DICOM series folders need a 4-digit channel suffix "
+                               f"(<case>_0000/); rename the folder")

@@ -324,24 +324,22 @@ def _scan_channel_files(
     """Cases of an nnU-Net images folder; channel and label paths are the expected ones.
 
     A channel may be a DICOM series: a sub-folder `<case>_0000/` in place of `<case>_0000<ending>`
-    (labels stay files with `ending`).
-
-    Whether they exist is checked by the integrity check. Test labels are optional and only
-    attached when present.
+    (labels stay files). Whether they exist is checked by the integrity check. Test labels are
+    optional and only attached when present.
     """
     if not images_dir.is_dir():
         return []
     case_ids: set[str] = set()
-    for p in visible_files(images_dir):
-        if not p.name.endswith(ending):
+    series = sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for p in visible_files(images_dir) + series:
+        if p.is_file() and not p.name.endswith(ending):
             continue
-        case_id, channel = split_channel_suffix(p.name[: -len(ending)])
+        case_id, channel = split_channel_suffix(p.name if p.is_dir() else p.name[: -len(ending)])
         if channel is None:
-            raise DatasetError(
-                f"{p}: image files need a 4-digit channel suffix (<case>_0000{ending}); rename the file"
-            )
+            what = "DICOM series folders need a 4-digit channel suffix (<case>_0000/); rename the folder" \
+                if p.is_dir() else f"image files need a 4-digit channel suffix (<case>_0000{ending}); rename the file"
+            raise DatasetError(f"{p}: {what}")
         case_ids.add(case_id)
-    case_ids.update(split_channel_suffix(p.name)[0] for p in _series_folders(images_dir))
     return [
         CaseFiles(
             case_id=c,
@@ -350,12 +348,6 @@ def _scan_channel_files(
         )
         for c in sorted(case_ids)
     ]
-
-
-def _series_folders(images_dir: Path) -> list[Path]:
-    """Sub-folders `<case>_0000/` standing for a channel file: a DICOM series each."""
-    return [p for p in sorted(images_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")
-            and split_channel_suffix(p.name)[1] is not None]
 
 
 def _channel_path(images_dir: Path, stem: str, ending: str) -> Path:
