@@ -182,3 +182,38 @@ def test_a_folder_named_like_an_image_file_keeps_the_file_message(tmp_path):
     (tmp_path / "a_0000.nii.gz").mkdir()
     with pytest.raises(ImageReadError, match="is not a regular file"):
         read_image(tmp_path / "a_0000.nii.gz")
+
+
+def test_seg_of_the_dcmqi_series_reads_back_and_agrees_with_dcmqis_own_seg(shared_data_dir, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    pydicom = pytest.importorskip("pydicom")
+    from autounet.io.dicom import read_series_info, write_dicom_seg
+
+    root = shared_data_dir / "dcmqi-ct3slice"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "liver_spine_seg.nrrd")))  # 1 liver, 2 spine
+    write_dicom_seg(labels, root / "ct-3slice", {0: "background", 1: "liver", 2: "spine", 3: "heart"},
+                    tmp_path / "seg.dcm", "test")
+    files, _ = read_series_info(root / "ct-3slice")
+    uids = [pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in files]
+    ours = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    assert [(d.SegmentNumber, d.SegmentLabel) for d in ours.SegmentSequence] == [(1, "liver"), (2, "spine"),
+                                                                                 (3, "heart")]
+    back = ours.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+    np.testing.assert_array_equal(back, labels)
+    # dcmqi's liver.dcm was made from liver_seg.nrrd: indexed by our slice order it holds the same liver
+    theirs = hd.seg.segread(str(root / "liver.dcm")).get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, combine_segments=True, ignore_spatial_locations=True)
+    assert int(theirs.sum()) == 107098
+    np.testing.assert_array_equal(theirs == 1, back == 1)
+
+
+def test_seg_refuses_an_anonymised_series_without_uids(shared_data_dir):
+    from autounet.io.dicom import check_seg_source
+
+    folder = shared_data_dir / "totalsegmentator-reference" / "example_ct_dicom"
+    with pytest.raises(AutounetError) as info:
+        check_seg_source(folder)
+    assert str(info.value).startswith(f"{folder}: DICOM slice CT.")
+    assert str(info.value).endswith("has no SOPClassUID, SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID "
+                                    "(anonymised?), which a DICOM-SEG must reference; use the default nifti output "
+                                    "for this series")

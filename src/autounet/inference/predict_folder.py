@@ -64,7 +64,7 @@ def output_name(case_id: str, first_image: Path, output_format: str = "nifti") -
 
 def _check_output_format(output_format: str, cases: list[CaseFiles]) -> None:
     """DICOM-SEG output references the input series, so every input must be one (checked before any model loads)."""
-    from autounet.io.dicom import is_series_reference, require_dicom_extra
+    from autounet.io.dicom import check_seg_source, is_series_reference, require_dicom_extra
     from autounet.io.images import file_ending
 
     if output_format not in OUTPUT_FORMATS:
@@ -76,6 +76,7 @@ def _check_output_format(output_format: str, cases: list[CaseFiles]) -> None:
         if file_ending(first) is not None or not is_series_reference(first):
             raise AutounetError(f"{first}: --output-format dicom-seg needs DICOM series as input (a DICOM-SEG "
                                 f"references its source slices); use the default nifti output for this input")
+        check_seg_source(first)
     require_dicom_extra()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ _TAG_POSITION = "0020|0032"
 _TAG_ORIENTATION = "0020|0037"
 _TAG_PIXEL_SPACING = "0028|0030"
 _TAG_FRAMES = "0028|0008"
+_SEG_REFERENCE_TAGS = (("0008|0016", "SOPClassUID"), ("0008|0018", "SOPInstanceUID"),
+                       ("0020|000d", "StudyInstanceUID"), ("0020|000e", "SeriesInstanceUID"))
 _TAG_SLICE_STEP = ("0018|0088", "0018|0050")  # SpacingBetweenSlices, SliceThickness: single slices only
 
 
@@ -290,6 +293,18 @@ def require_dicom_extra() -> None:
         raise AutounetError(f"DICOM-SEG output needs the optional extra: {_EXTRA}") from None
 
 
+def check_seg_source(ref: str | os.PathLike[str]) -> None:
+    """Refuse a series a DICOM-SEG cannot reference (UIDs blanked, e.g. by anonymisation), before predicting."""
+    files = series_files(ref)
+    for f in files:
+        reader = _slice_header(f)
+        missing = [name for tag, name in _SEG_REFERENCE_TAGS
+                   if not (reader.HasMetaDataKey(tag) and reader.GetMetaData(tag).strip(" \0"))]
+        if missing:
+            raise AutounetError(f"{ref}: DICOM slice {f.name} has no {', '.join(missing)} (anonymised?), which a "
+                                f"DICOM-SEG must reference; use the default nifti output for this series")
+
+
 def write_dicom_seg(seg: np.ndarray, ref: str | os.PathLike[str], label_names: Mapping[int, str],
                     path: str | os.PathLike[str], software_version: str = "unknown") -> None:
     """Write label map `seg` (Z, Y, X, on the series' grid) as a DICOM Segmentation referencing series `ref`.
@@ -307,6 +322,9 @@ def write_dicom_seg(seg: np.ndarray, ref: str | os.PathLike[str], label_names: M
     if tuple(seg.shape) != tuple(geometry.shape):
         raise ValueError(f"segmentation shape {seg.shape} differs from the series' {geometry.shape}")
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
+    for ds in sources:  # an empty SpecificCharacterSet (seen in real exports) means the default; highdicom refuses ''
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet
     values = sorted(v for v in label_names if v != 0)
     numbers = np.zeros(max([0, *values, int(seg.max(initial=0))]) + 1, dtype=np.uint16)
     numbers[values] = np.arange(1, len(values) + 1)
@@ -318,13 +336,22 @@ def write_dicom_seg(seg: np.ndarray, ref: str | os.PathLike[str], label_names: M
         segmented_property_category=tissue, segmented_property_type=tissue,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
     ) for i, v in enumerate(values)]
-    result = hd.seg.Segmentation(
-        source_images=sources, pixel_array=numbers[np.asarray(seg, dtype=np.int64)],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="autounet", manufacturer_model_name="autounet", software_versions=software_version,
-        device_serial_number="0", series_description="autounet segmentation", omit_empty_frames=False,
-    )
+    with warnings.catch_warnings(record=True) as caught:  # highdicom's remarks on the source's tags
+        warnings.simplefilter("always")
+        try:
+            result = hd.seg.Segmentation(
+                source_images=sources, pixel_array=numbers[np.asarray(seg, dtype=np.int64)],
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+                series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(), instance_number=1,
+                manufacturer="autounet", manufacturer_model_name="autounet", software_versions=software_version,
+                device_serial_number="0", series_description="autounet segmentation", omit_empty_frames=False,
+            )
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise AutounetError(f"{ref}: cannot write a DICOM-SEG referencing this series ({reason}); use the "
+                                f"default nifti output") from None
+    for w in caught:
+        log.debug("%s: highdicom: %s", ref, w.message)
     with atomic_path(Path(path)) as tmp:
         result.save_as(str(tmp))
 
