@@ -122,3 +122,33 @@ def make_geometry(shape):
     from autounet.io.geometry import Geometry
 
     return Geometry(spacing=(0.7, 1.3, 3.0), origin=(0.0, 0.0, 0.0), shape=shape)
+
+
+def test_cli_predicts_the_real_ct_series_into_a_seg_and_a_nifti(tmp_path, shared_data_dir, capsys):
+    """dcmqi's 3-slice CT through `autounet predict` both ways; the toy network maps HU x to the class whose
+    centre (1, 2, 3) is nearest, so the expected label map follows from the voxels by hand."""
+    hd = pytest.importorskip("highdicom")
+    pydicom = pytest.importorskip("pydicom")
+    from autounet import cli
+    from autounet.io.dicom import read_series
+
+    ws = Workspace(tmp_path / "ws")
+    write_run(ws.results("Task99_Toy"), make_plans([1.0, 0.810547, 0.810547], labels=LABELS, patch=(4, 128, 128)))
+    series = shared_data_dir / "dcmqi-ct3slice" / "ct-3slice"
+    data, _ = read_series(series)
+    expected = np.select([data[0] >= 2.5, data[0] >= 1.5], [7, 3], 0)
+    outputs = {}
+    for fmt in ("nifti", "dicom-seg"):
+        code = cli.main(["--workspace", str(ws.root), "predict", "-i", str(series), "-o", str(tmp_path / fmt),
+                         "-t", "Task99_Toy", "--device", "cpu", "--disable-tta", "--output-format", fmt])
+        assert code == 0, capsys.readouterr()
+        outputs[fmt] = sorted(p.name for p in (tmp_path / fmt).iterdir())
+    assert outputs == {"nifti": ["ct-3slice.nii.gz", "predict_info.json"],
+                       "dicom-seg": ["ct-3slice.dcm", "predict_info.json"]}
+    nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nifti" / "ct-3slice.nii.gz")))
+    np.testing.assert_array_equal(nifti, expected)
+    sources = sorted((pydicom.dcmread(str(f), stop_before_pixels=True) for f in series.iterdir()),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    numbers = hd.seg.segread(str(tmp_path / "dicom-seg" / "ct-3slice.dcm")).get_pixels_by_source_instance(
+        source_sop_instance_uids=[d.SOPInstanceUID for d in sources], combine_segments=True)
+    np.testing.assert_array_equal(np.array([0, 3, 7])[numbers], nifti)
