@@ -124,12 +124,6 @@ def series_files(ref: str | os.PathLike[str]) -> list[Path]:
     return [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)]
 
 
-def series_folder(ref: str | os.PathLike[str]) -> Path:
-    """The folder holding the files of series `ref`."""
-    ref = Path(ref)
-    return ref if ref.is_dir() else ref.parent
-
-
 # ----------------------------------------------------------------------------------------------
 # geometry
 
@@ -159,8 +153,8 @@ def slice_grid(positions: Sequence[Sequence[float]], orientations: Sequence[Sequ
     if steps.size == 0:
         spacing = float(single_step)
     else:
-        spacing = float(np.median(steps))
-        _check_steps(steps, spacing, depth[order], where)
+        _check_steps(steps, float(np.median(steps)), depth[order], where)
+        spacing = float(depth[order[-1]] - depth[order[0]]) / len(steps)  # the mean step: rounding averages out
     direction = np.stack([row, col, normal], axis=1)  # columns: x, y, z axes (SimpleITK, row-major)
     return SliceGrid(order=order, spacing_z=spacing, origin=tuple(float(v) for v in pos[order[0]]),  # type: ignore
                      direction=tuple(float(v) for v in direction.ravel()))
