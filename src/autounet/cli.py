@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train N folds side by side as CPU processes, sharing the cores (--threads, --workers)")
 
     p = add("predict", h.cmd_predict, "predict a folder of images (or one file) with a trained model")
-    p.add_argument("-i", "--input", required=True, help="folder of cases (either layout) or one image file")
+    p.add_argument("-i", "--input", required=True,
+                   help="folder of cases (either layout, or DICOM series: one sub-folder each or side by side) or "
+                        "one image file")
     p.add_argument("-o", "--output", required=True, help="output folder (must differ from the input)")
     p.add_argument("-t", "--task", default=None)
     p.add_argument("-c", "--configuration", default=None)
@@ -205,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RAM one case may use while it is predicted (default: the available RAM); a case that needs "
                         "more is refused by name")
     p.add_argument("--nifti-transform", choices=NIFTI_TRANSFORMS, default=None, help=NIFTI_TRANSFORM_HELP)
+    p.add_argument("--output-format", choices=["nifti", "dicom-seg"], default="nifti",
+                   help="nifti: <case>.nii.gz label maps (default); dicom-seg: a DICOM Segmentation <case>.dcm "
+                        "referencing each DICOM input series (needs autounet[dicom])")
 
     p = add("postprocess", h.cmd_postprocess, "apply the chosen connected-component postprocessing")
     p.add_argument("-i", "--input", required=True)

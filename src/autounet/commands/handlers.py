@@ -153,6 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         postprocess=not args.no_postprocessing, device=args.device, resume=args.resume,
         num_parts=args.num_parts, part_id=args.part_id, precision=args.precision, threads=args.threads,
         preset=args.preset, memory_gb=args.memory_gb, nifti_transform=args.nifti_transform,
+        output_format=args.output_format,
     )
     print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
     for case, why in report.failed.items():

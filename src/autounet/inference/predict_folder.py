@@ -40,6 +40,8 @@ from autounet.task.dataset import CaseFiles, list_prediction_inputs
 log = logging.getLogger(__name__)
 
 INFO_FILE = "predict_info.json"
+DICOM_SEG = "dicom-seg"
+OUTPUT_FORMATS = ("nifti", DICOM_SEG)
 
 
 @dataclass
@@ -50,11 +52,32 @@ class PredictionReport:
     choice: ModelChoice | None = None
 
 
-def output_name(case_id: str, first_image: Path) -> str:
-    """Case id plus the input's file ending: `la_003_0000.nii.gz` -> `la_003.nii.gz`."""
+def output_name(case_id: str, first_image: Path, output_format: str = "nifti") -> str:
+    """Case id plus the input's file ending: `la_003_0000.nii.gz` -> `la_003.nii.gz`; a DICOM series
+    (no ending) gives `.nii.gz`, DICOM-SEG output `.dcm`."""
     from autounet.io.images import file_ending
 
+    if output_format == DICOM_SEG:
+        return case_id + ".dcm"
     return case_id + (file_ending(first_image.name) or ".nii.gz")
+
+
+def _check_output_format(output_format: str, cases: list[CaseFiles]) -> None:
+    """DICOM-SEG output references the input series, so every input must be one (checked before any model loads)."""
+    from autounet.io.dicom import check_seg_source, is_series_reference, require_dicom_extra
+    from autounet.io.images import file_ending
+
+    if output_format not in OUTPUT_FORMATS:
+        raise AutounetError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if output_format != DICOM_SEG:
+        return
+    for case in cases:
+        first = case.images[0]
+        if file_ending(first) is not None or not is_series_reference(first):
+            raise AutounetError(f"{first}: --output-format dicom-seg needs DICOM series as input (a DICOM-SEG "
+                                f"references its source slices); use the default nifti output for this input")
+        check_seg_source(first)
+    require_dicom_extra()
 
 
 def shard(items: Sequence, num_parts: int, part_id: int) -> list:
@@ -121,12 +144,14 @@ def predict_folder(
     preset: str = DEFAULT_PRESET,
     memory_gb: float | None = None,
     nifti_transform: str | None = None,
+    output_format: str = "nifti",
 ) -> PredictionReport:
     """Predict every case of `input_path` into `output_dir`; see the module docstring.
 
     `use_mirroring`, `step_size` and `folds` left as None come from `preset`
     (`inference.presets`: accurate = every fold, mirroring, step 0.5). A case is read and
     predicted within 80% of `memory_gb` (default: the available RAM), or refused by name.
+    `output_format` 'dicom-seg' writes `<case>.dcm` DICOM Segmentations (DICOM series inputs only).
     """
 
     input_path, output_dir = Path(input_path), Path(output_dir)
@@ -152,6 +177,7 @@ def predict_folder(
     num_channels = load_plans(choice.run_dirs[0] / "plans.json").num_channels
     cases = sorted(list_prediction_inputs(input_path, num_channels), key=lambda c: c.case_id)
     cases = shard(cases, num_parts, part_id)
+    _check_output_format(output_format, cases)
     case_bytes = case_memory_budget(memory_gb, workers=1)  # cases are predicted one at a time
     predictors = [Predictor.from_run_folder(d, folds, checkpoint, device, use_mirroring, step_size, precision,
                                             case_bytes, nifti_transform) for d in choice.run_dirs]
@@ -166,28 +192,30 @@ def predict_folder(
              "on" if use_mirroring else "off", step_size, decision.describe() if decision else "none")
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / INFO_FILE, _prediction_info(choice, predictors, used_folds, checkpoint, preset,
-                                                        bool(use_mirroring), step_size, decision, num_parts, part_id))
+    info = _prediction_info(choice, predictors, used_folds, checkpoint, preset, bool(use_mirroring), step_size,
+                            decision, num_parts, part_id)
+    write_json(output_dir / INFO_FILE, {**info, "output_format": output_format})
 
     report = PredictionReport(choice=choice)
-    _predict_cases(cases, predictors, output_dir, decision, save_probabilities, resume, show_progress, report)
+    _predict_cases(cases, predictors, output_dir, decision, save_probabilities, resume, show_progress, report,
+                   output_format)
     return report
 
 
 def _predict_cases(cases: list[CaseFiles], predictors: list[Predictor], output_dir: Path,
                    decision: PostprocessingDecision | None, save_probabilities: bool, resume: bool,
-                   show_progress: bool, report: PredictionReport) -> None:
+                   show_progress: bool, report: PredictionReport, output_format: str = "nifti") -> None:
     """Predict case after case into `report`; a failing case is recorded and the others go on."""
     progress = Progress(len(cases), "predict", unit="case", enabled=show_progress)
     for case in cases:
         progress.update(1, case.case_id)
-        out = output_dir / output_name(case.case_id, case.images[0])
+        out = output_dir / output_name(case.case_id, case.images[0], output_format)
         if resume and out.is_file() and (not save_probabilities or (output_dir / f"{case.case_id}.npz").is_file()):
             report.skipped.append(case.case_id)
             continue
         start = time.perf_counter()
         try:
-            _predict_case(predictors, case, out, decision, save_probabilities)
+            _predict_case(predictors, case, out, decision, save_probabilities, output_format)
         except AutounetError as exc:
             log.error("%s: %s", case.case_id, exc)
             report.failed[case.case_id] = str(exc)
@@ -211,7 +239,7 @@ def _predict_cases(cases: list[CaseFiles], predictors: list[Predictor], output_d
 
 
 def _predict_case(predictors: list[Predictor], case: CaseFiles, out: Path, decision: PostprocessingDecision | None,
-                  save_probabilities: bool) -> None:
+                  save_probabilities: bool, output_format: str = "nifti") -> None:
     """Predict one case (ensembling the predictors), postprocess it and write it (and its probabilities)."""
     seg, probs, geometry = _ensemble(predictors, list(case.images), case.case_id, save_probabilities)
     if decision is not None:
@@ -219,7 +247,13 @@ def _predict_case(predictors: list[Predictor], case: CaseFiles, out: Path, decis
     if probs is not None:
         values, regions = probability_meaning(predictors[0].plans)
         write_probabilities(probs, values, out.parent / f"{case.case_id}.npz", regions=regions)
-    save_prediction(seg, geometry, out)
+    if output_format == DICOM_SEG:
+        from autounet.io.dicom import write_dicom_seg
+
+        names = {value: name for name, value in predictors[0].plans.labels.items()}
+        write_dicom_seg(seg, case.images[0], names, out, _versions()["autounet"])
+    else:
+        save_prediction(seg, geometry, out)
 
 
 def _prediction_info(choice: ModelChoice, predictors: list[Predictor], used_folds: dict[str, list[str]],

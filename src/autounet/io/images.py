@@ -1,9 +1,10 @@
-"""Reading and writing medical images (NIfTI, NRRD, MetaImage) through SimpleITK.
+"""Reading and writing medical images (NIfTI, NRRD, MetaImage, DICOM series) through SimpleITK.
 
 Why a wrapper: every stage must see the same axis order ((C, Z, Y, X) float32 images,
 (Z, Y, X) label maps), the same notion of "2D case", and a one-line error naming the file
 for anything broken. SimpleITK silently pads truncated NIfTI files with zeros and repairs
 zero or negative pixdim values, so NIfTI headers are checked first (`nifti_header.py`).
+Wherever an image path is taken, a DICOM series (a folder, see `dicom.py`) may stand instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import SimpleITK as sitk
 
 from autounet.errors import ImageReadError
 from autounet.io.atomic import atomic_path
+from autounet.io.dicom import is_series_reference, read_series
 from autounet.io.geometry import Geometry
 from autounet.io.nifti_header import check_nifti
 from autounet.io.read_budget import check_read_budget
@@ -97,8 +99,11 @@ def read_image(path: str | os.PathLike[str], max_bytes: int | None = None,
     `count_nonfinite`, because SimpleITK reads NaN/inf in NIfTI files as 0. A file whose header
     says reading it needs more than `max_bytes` is refused before it is read. `nifti_transform`
     ('qform' or 'sform') says which transform of a NIfTI header defines the grid where they disagree.
+    A DICOM series (a folder or a `.dcm-series` reference, see `dicom.py`) is read as one channel.
     """
     path = Path(path)
+    if file_ending(path) is None and is_series_reference(path):
+        return read_series(path, max_bytes)
     image = _read_sitk(path, max_bytes, as_float32=True, nifti_transform=nifti_transform)
     dim = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
@@ -204,6 +209,8 @@ def compare_grids(a: Geometry, b: Geometry) -> tuple[str | None, str | None]:
 def image_channel_count(path: str | os.PathLike[str]) -> int:
     """Number of channels `read_image` would return, from the header only (cheap)."""
     path = Path(path)
+    if file_ending(path) is None and is_series_reference(path):
+        return 1
     _check_readable_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

@@ -17,6 +17,7 @@ from typing import Any
 
 from autounet.errors import DatasetError
 from autounet.io.atomic import TMP_PREFIX, read_json
+from autounet.io.dicom import series_in_folder
 from autounet.io.images import SUPPORTED_ENDINGS, file_ending, image_channel_count, split_channel_suffix
 from autounet.core.task_names import TASK_FOLDER, match_task_names
 from autounet.core.workspace import Workspace
@@ -322,29 +323,37 @@ def _scan_channel_files(
 ) -> list[CaseFiles]:
     """Cases of an nnU-Net images folder; channel and label paths are the expected ones.
 
-    Whether they exist is checked by the integrity check. Test labels are optional and only
-    attached when present.
+    A channel may be a DICOM series: a sub-folder `<case>_0000/` in place of `<case>_0000<ending>`
+    (labels stay files). Whether they exist is checked by the integrity check. Test labels are
+    optional and only attached when present.
     """
     if not images_dir.is_dir():
         return []
     case_ids: set[str] = set()
-    for p in visible_files(images_dir):
-        if not p.name.endswith(ending):
+    series = sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for p in visible_files(images_dir) + series:
+        if p.is_file() and not p.name.endswith(ending):
             continue
-        case_id, channel = split_channel_suffix(p.name[: -len(ending)])
+        case_id, channel = split_channel_suffix(p.name if p.is_dir() else p.name[: -len(ending)])
         if channel is None:
-            raise DatasetError(
-                f"{p}: image files need a 4-digit channel suffix (<case>_0000{ending}); rename the file"
-            )
+            what = "DICOM series folders need a 4-digit channel suffix (<case>_0000/); rename the folder" \
+                if p.is_dir() else f"image files need a 4-digit channel suffix (<case>_0000{ending}); rename the file"
+            raise DatasetError(f"{p}: {what}")
         case_ids.add(case_id)
     return [
         CaseFiles(
             case_id=c,
-            images=[images_dir / f"{c}_{i:04d}{ending}" for i in range(num_channels)],
+            images=[_channel_path(images_dir, f"{c}_{i:04d}", ending) for i in range(num_channels)],
             label=_label_path(labels_dir / f"{c}{ending}", labels_required),
         )
         for c in sorted(case_ids)
     ]
+
+
+def _channel_path(images_dir: Path, stem: str, ending: str) -> Path:
+    """`<stem><ending>`, or the DICOM series folder `<stem>/` where only that exists."""
+    file = images_dir / f"{stem}{ending}"
+    return images_dir / stem if not file.exists() and (images_dir / stem).is_dir() else file
 
 
 def _label_path(path: Path, required: bool) -> Path | None:
@@ -381,6 +390,9 @@ def list_prediction_inputs(
 ) -> list[CaseFiles]:
     """Cases to predict: a single file, a folder of MSD-style files, or `<case>_0000` channel files.
 
+    A folder without image files is searched for DICOM series (`io.dicom.series_in_folder`):
+    one per sub-folder (named like files: `<case>/` or `<case>_0000/`) or several side by side.
+
     The folder is taken as nnU-Net style when every image name ends in a 4-digit channel
     suffix and every such group has a channel 0; then each case must have exactly channels
     0..num_channels-1. Otherwise each file is one case holding all channels.
@@ -391,14 +403,17 @@ def list_prediction_inputs(
         return [CaseFiles(case_id=_stem(src), images=[src])]
     if not src.is_dir():
         raise DatasetError(f"{src}: input not found; give a folder of images or one image file")
-    files = [p for p in visible_files(src) if _has_ending(p, file_ending)]
-    if not files:
+    entries = [(_stem(p), p) for p in visible_files(src) if _has_ending(p, file_ending)]
+    if not entries and file_ending is None:
+        entries = series_in_folder(src)
+    if not entries:
         wanted = file_ending or ", ".join(SUPPORTED_ENDINGS)
-        raise DatasetError(f"{src}: no input images ({wanted}) found; put the images to predict into this folder")
+        raise DatasetError(f"{src}: no input images ({wanted}) or DICOM series found; put the images to predict "
+                           f"into this folder")
     groups: dict[str, dict[int, Path]] = {}
     channel_style = True
-    for p in files:
-        case_id, channel = split_channel_suffix(_stem(p))
+    for stem, p in entries:
+        case_id, channel = split_channel_suffix(stem)
         if channel is None:
             channel_style = False
             break
@@ -422,9 +437,9 @@ def list_prediction_inputs(
                 )
             cases.append(CaseFiles(case_id=case_id, images=[g[i] for i in range(num_channels)]))
         return cases
-    for p in files:
+    for _, p in entries:
         _check_msd_channels(p, num_channels)
-    return [CaseFiles(case_id=_stem(p), images=[p]) for p in files]
+    return [CaseFiles(case_id=stem, images=[p]) for stem, p in entries]
 
 
 def _check_msd_channels(path: Path, num_channels: int) -> None:

@@ -97,7 +97,7 @@ def check_task(task: TaskDataset, num_workers: int = 0, show_progress: bool = Tr
                                            if r.spacing_zyx is not None and r.shape_zyx is not None]))
     for case in task.test:
         for p in case.images:
-            if not p.is_file():
+            if not (p.is_file() or p.is_dir()):  # a folder: a DICOM series
                 report.errors.append(
                     f"{p}: test image of case '{case.case_id}' is missing; "
                     "add the file or remove the case from the test list"
@@ -359,15 +359,16 @@ def _channel_count_consistency(task: TaskDataset, results: list[_CaseResult]) ->
 
 
 def _undeclared_channel_files(task: TaskDataset) -> list[str]:
-    """nnU-Net layout: channel files beyond channel_names (e.g. a stray _0002) are errors."""
+    """nnU-Net layout: channel files (or DICOM series folders) beyond channel_names (e.g. a stray _0002) are errors."""
     folder = task.root / "imagesTr"
     if not folder.is_dir():
         return []
     errors = []
-    for p in visible_files(folder):
-        if not p.name.endswith(task.file_ending):
+    series = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]  # DICOM series folders
+    for p in visible_files(folder) + sorted(series):
+        if p.is_file() and not p.name.endswith(task.file_ending):
             continue
-        _, channel = split_channel_suffix(p.name[: -len(task.file_ending)])
+        _, channel = split_channel_suffix(p.name[: -len(task.file_ending)] if p.is_file() else p.name)
         if channel is not None and channel >= task.num_channels:
             errors.append(
                 f"{p}: channel {channel} is not declared in dataset.json 'channel_names' "
