@@ -166,7 +166,8 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path, folds: Sequence[int
                             f"3d_fullres, 3d_lowres or 2d run instead")
     if output_dir.exists() and not output_dir.is_dir():
         raise AutounetError(f"{output_dir}: exists and is a file; choose another -o (a folder)")
-    predictor = Predictor.from_run_folder(run_dir, folds, checkpoint, device="cpu", use_mirroring=True)
+    predictor = Predictor.from_run_folder(run_dir, folds, checkpoint, device="cpu", use_mirroring=True,
+                                          precision="fp32")
     input_shape = (plans.num_channels, *predictor.cfg.patch_size)
     files: dict[str, Path] = {}
     diffs: dict[str, float] = {}
@@ -174,7 +175,7 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path, folds: Sequence[int
         path = output_dir / f"{FOLD_PREFIX}{fold}.onnx"
         export_network(network, path, input_shape, opset)
         files[fold], diffs[fold] = path, onnx_torch_difference(network, path, input_shape)
-        log.info("fold %s -> %s (max |ONNX - PyTorch| %.2g on random patches)", fold, path, diffs[fold])
+        log.debug("fold %s -> %s (max |ONNX - PyTorch| %.2g on random patches)", fold, path, diffs[fold])
         if diffs[fold] > VERIFY_TOLERANCE:
             log.warning("fold %s: ONNX and PyTorch logits differ by up to %.2g; check the export", fold, diffs[fold])
     contract = contract_from_plans(plans, configuration, predictor.mirror_axes,
