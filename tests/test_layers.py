@@ -26,7 +26,7 @@ def _lint(src: Path) -> subprocess.CompletedProcess[str]:
 def test_layer_contracts_are_kept() -> None:
     result = _lint(SRC)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 kept, 0 broken" in result.stdout
+    assert "5 kept, 0 broken" in result.stdout
 
 
 def test_a_network_importing_the_planner_breaks_the_contracts(tmp_path: Path) -> None:
@@ -40,3 +40,16 @@ def test_a_network_importing_the_planner_breaks_the_contracts(tmp_path: Path) ->
     assert result.returncode != 0
     assert "autounet.networks.unet -> autounet.planners.plans" in result.stdout
     assert "BROKEN" in result.stdout
+
+
+def test_the_onnx_runner_importing_the_predictor_breaks_the_contracts(tmp_path: Path) -> None:
+    """The runner must run without torch; a chain to a module that imports torch is caught before any test runs."""
+    shutil.copytree(SRC / "autounet", tmp_path / "autounet", ignore=shutil.ignore_patterns("__pycache__"))
+    runner = tmp_path / "autounet" / "onnx_runner.py"
+    extra = "\nfrom autounet.inference.predictor import Predictor  # noqa\n"
+    runner.write_text(runner.read_text(encoding="utf-8") + extra, encoding="utf-8")
+
+    result = _lint(tmp_path)
+
+    assert result.returncode != 0
+    assert "autounet.onnx_runner -> autounet.inference.predictor" in result.stdout

@@ -271,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--folds", nargs="+", default=None)
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
 
+    p = add("export_onnx", h.cmd_export_onnx,
+            "write a trained run as one ONNX file per fold plus inference.json, for `python -m "
+            "autounet.onnx_runner` or any ONNX runtime (needs autounet[onnx])", aliases=["export-onnx"])
+    p.add_argument("run", nargs="?", default=None,
+                   help="run folder <workspace>/results/<task>/<run> (default: the model -t/-c choose, as predict)")
+    p.add_argument("-o", "--output", required=True, help="folder for the ONNX files and inference.json")
+    p.add_argument("-t", "--task", default=None)
+    p.add_argument("-c", "--configuration", default=None)
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to export (default: all trained)")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+
     p = add("install_model", h.cmd_install_model, "check and install a model exported with export_model",
             aliases=["install-model"])
     p.add_argument("archive")

@@ -286,6 +286,18 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from autounet.inference.onnx_export import export_onnx, resolve_run_dir
+
+    run_dir = resolve_run_dir(_workspace(args), args.run, args.task, args.configuration, args.checkpoint)
+    result = export_onnx(run_dir, Path(args.output), folds=args.folds, checkpoint=args.checkpoint, opset=args.opset)
+    for fold, path in result.files.items():
+        print(f"fold {fold}: {path} (max |ONNX - PyTorch| {result.max_abs_diff[fold]:.2g} on random patches)")
+    print(f"contract: {result.contract}")
+    print(f"next: python -m autounet.onnx_runner -i IMAGES -o OUT --model {args.output}")
+    return 0
+
+
 def cmd_install_model(args: argparse.Namespace) -> int:
     from autounet.commands.model_sharing import install_model
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from autounet.inference.memory import choose_export_strategy, estimate_export_memory_bytes
 from autounet.io.geometry import Geometry
@@ -22,6 +22,9 @@ from autounet.preprocessing.case_properties import CaseProperties
 from autounet.preprocessing.cropping import paste_into
 from autounet.preprocessing.resampling import resample_probabilities
 from autounet.task.labels import regions_to_labels
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,12 @@ def _resampler(props: CaseProperties, plans: Plans, configuration: str):
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
+    import torch
+
     return torch.softmax(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)), dim=0).numpy()
 
 
-def _argmax_class_by_class(logits: np.ndarray, resample) -> np.ndarray:
+def argmax_class_by_class(logits: np.ndarray, resample) -> np.ndarray:
     """Argmax of the resampled logits keeping only a running maximum: memory independent of K.
 
     Ties keep the lower index, like np.argmax, so the result equals resampling everything first.
@@ -85,6 +90,8 @@ def logits_to_segmentation_on_original_grid(
     `logits` are (K, z, y, x) on the preprocessed (transposed, cropped, resampled) grid. The
     label map holds `plans.label_values` in the smallest integer type that fits them.
     """
+    import torch  # here, not at the top: the torch-free ONNX runner imports this module's helpers
+
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()
     if plans.has_regions:
@@ -101,7 +108,7 @@ def logits_to_segmentation_on_original_grid(
 
     probabilities = None
     if strategy == "class_by_class":
-        index = _argmax_class_by_class(logits, resample)
+        index = argmax_class_by_class(logits, resample)
     else:
         resampled = resample(logits)
         if return_probabilities:

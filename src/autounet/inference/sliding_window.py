@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
-from math import ceil
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 from autounet.errors import AutounetError
 from autounet.core.out_of_memory import is_out_of_memory, peak_memory_bytes, release_cached_memory
 from autounet.inference.gaussian import gaussian_importance_map
+from autounet.inference.tiling import WEIGHT_FLOOR, compute_steps, mirror_subsets, tile_weights
 from autounet.inference.memory import (
     DEVICE_MEMORY_SAFETY,
     accumulator_dtype_bytes,
@@ -32,38 +32,7 @@ from autounet.networks.precision import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
-#: Smallest tile weight relative to the Gaussian's peak (keeps half-precision sums accurate).
-WEIGHT_FLOOR = 1e-3
-
-__all__ = ["compute_steps", "gaussian_importance_map", "mirror_subsets", "sliding_window_logits"]
-
-
-def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_size: float) -> list[list[int]]:
-    """Tile start positions per axis.
-
-    Per axis, ceil((size - patch) / (patch * step_size)) + 1 positions, spread evenly from 0
-    to size - patch and rounded; a single position 0 where the image is not larger than the
-    patch (the caller pads it to the patch size).
-    """
-    if not 0 < step_size <= 1:
-        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
-    if len(image_size) != len(patch_size):
-        raise ValueError(f"image size {list(image_size)} and patch size {list(patch_size)} differ in length")
-    steps = []
-    for size, patch in zip(image_size, patch_size):
-        if size <= patch:
-            steps.append([0])
-            continue
-        n = ceil((size - patch) / (patch * step_size)) + 1
-        stride = (size - patch) / (n - 1)
-        steps.append([int(round(stride * i)) for i in range(n)])
-    return steps
-
-
-def mirror_subsets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """Every subset of the mirror axes, the empty one (no flip) first."""
-    axes = sorted(set(int(a) for a in mirror_axes))
-    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+__all__ = ["WEIGHT_FLOOR", "compute_steps", "gaussian_importance_map", "mirror_subsets", "sliding_window_logits"]
 
 
 def _unwrap(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -267,14 +236,7 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
     acc_dtype = torch.float16 if accumulator_dtype_bytes(target, num_classes) == 2 else torch.float32
     logits_sum = torch.zeros((num_classes, *target), dtype=acc_dtype, device=acc_device)
     weight_sum = torch.zeros(target, dtype=acc_dtype, device=acc_device)
-    if use_gaussian:
-        # The Gaussian's corners fall to ~1e-10 of its peak in every dimension count; in a half
-        # precision buffer logits times such weights keep almost no significant bits, so the
-        # weights are floored at 1e-3 of the peak (in either precision, for identical results).
-        gauss = gaussian_importance_map(patch_size, dtype=np.float32)
-        weight_np = np.maximum(gauss, WEIGHT_FLOOR * gauss.max())
-    else:
-        weight_np = np.ones(patch_size, dtype=np.float32)
+    weight_np = tile_weights(patch_size, use_gaussian)
     weight = torch.from_numpy(weight_np).reshape(tile_shape)
     weight_dev = weight.to(dev)
     weight_acc = weight.to(acc_device, acc_dtype)
