@@ -35,7 +35,8 @@ def cli(workspace: Path, argv: Sequence[str]) -> int:
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Task01 planned and trained twice on fold 0: as planned, and with `--blocks se`."""
     workspace = tmp_path_factory.mktemp("loop")
-    for seed, name, extra in ((0, "Task01_Demo", {}), (4, "Task07_Regions", {"regions": True})):
+    for seed, name, extra in ((0, "Task01_Demo", {}), (4, "Task07_Regions", {"regions": True}),
+                              (8, "Task08_Same", {})):
         task = write_demo_task(workspace / "raw", num_training=5, num_test=1, seed=seed, name=name, **extra)
         subsample_task(task)
     threads = torch.get_num_threads()
@@ -167,3 +168,18 @@ def test_transferred_plans_load_every_layer_and_reinitialise_only_the_outputs(lo
     output_layers = sorted({k.rsplit(".", 1)[0] for k in state if ".heads." in f".{k}"})
     assert init["reinitialised"] == output_layers
     assert init["loaded_tensors"] == len(state) - 2 * len(output_layers)  # weight and bias of each output conv
+
+
+def test_with_equal_channel_and_class_counts_every_layer_loads(loop: Path) -> None:
+    """Transferred plans rebuild the source network exactly: a Task01 checkpoint fills every tensor."""
+    from autounet.core.checkpoint import load_matching_weights
+    from autounet.networks.registry import build_network
+
+    checkpoint = loop / "results" / "Task01_Demo" / BASE_RUN / "fold_0" / "checkpoint_final.pt"
+    assert cli(loop, ["plan_and_preprocess", "Task08", "--transfer-plans-from", "Task01", "--plan-only", "-np", "0",
+                      "--no-progress"]) == 0
+    plans = load_named_plans(loop / "preprocessed" / "Task08_Same", "from-Task01_Demo")
+    network = build_network("plain_unet", plans.configuration("3d_fullres").network, plans.num_channels,
+                            plans.num_outputs)
+    loaded, skipped = load_matching_weights(network, load_checkpoint(checkpoint)["network"])
+    assert skipped == [] and len(loaded) == len(network.state_dict())
