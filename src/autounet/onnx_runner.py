@@ -36,7 +36,7 @@ from autounet.io.images import count_nonfinite, file_ending, read_channels, read
 from autounet.preprocessing.cropping import crop_to_nonzero, paste_into
 from autounet.preprocessing.normalization import normalize
 from autounet.preprocessing.resampling import compute_new_shape, resample_data, resample_probabilities
-from autounet.task.dataset import list_prediction_inputs
+from autounet.task.prediction_inputs import list_prediction_inputs
 from autounet.task.labels import regions_to_labels
 
 log = logging.getLogger("autounet.onnx_runner")

@@ -12,7 +12,8 @@ import pytest
 from autounet.errors import DatasetError
 from autounet.io.geometry import Geometry
 from autounet.io.images import write_image
-from autounet.task.dataset import find_task, list_prediction_inputs, load_task, task_id_from_name
+from autounet.task.dataset import find_task, load_task, task_id_from_name
+from autounet.task.prediction_inputs import list_prediction_inputs
 from autounet.task.demo_data import convert_msd_to_nnunet
 from autounet.core.workspace import Workspace
 

@@ -35,7 +35,8 @@ from autounet.core.system import case_memory_budget, cpu_threads
 from autounet.core.workspace import Workspace
 from autounet.planners.plans import load_plans
 from autounet.postprocessing.rule import PostprocessingDecision, apply_postprocessing, load_postprocessing
-from autounet.task.dataset import CaseFiles, list_prediction_inputs
+from autounet.task.dataset import CaseFiles
+from autounet.task.prediction_inputs import list_prediction_inputs
 
 log = logging.getLogger(__name__)
 
