@@ -73,6 +73,8 @@ class RunManifest:
     resumed: list[str] = field(default_factory=list)
     #: the precision the network ran in (settings.precision resolved on `device`)
     precision: str | None = None
+    #: for a model trained by another tool and imported (`autounet import_nnunet`): where it came from
+    imported_from: dict[str, Any] | None = None
 
     def validate(self, where: str) -> None:
         if self.status not in STATUSES:
