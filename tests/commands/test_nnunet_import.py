@@ -59,8 +59,8 @@ def randomize(network: torch.nn.Module, seed: int) -> None:
     """Non-trivial weights everywhere (norm scales and biases too), so no mapping error can hide."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in network.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.2 if p.ndim > 1 else 0.5) + (1.0 if p.ndim == 1 else 0))
+        for name, p in network.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.2 if p.ndim > 1 else 0.5) + name.endswith("norm.weight"))
 
 
 def translated(plans: dict[str, Any], configuration: str, dataset: dict[str, Any] | None = None):
@@ -169,7 +169,8 @@ TINY_ARCH = {"n_stages": 2, "features_per_stage": [4, 8], "kernel_sizes": [[3, 3
 
 
 def write_results_folder(root: Path, trainer: str = "nnUNetTrainer", extra: dict[str, Any] | None = None,
-                         folds: tuple[str, ...] = ("0", "1")) -> tuple[Path, dict[str, torch.nn.Module]]:
+                         folds: tuple[str, ...] = ("0", "1"), dataset: dict[str, Any] | None = None,
+                         outputs: int = 3) -> tuple[Path, dict[str, torch.nn.Module]]:
     """A tiny 3d_fullres model folder laid out (and pickled) like nnUNetv2_train writes it."""
     plans = copy.deepcopy(PLAIN_PLANS)
     cfg = plans["configurations"]["3d_fullres"]
@@ -178,10 +179,10 @@ def write_results_folder(root: Path, trainer: str = "nnUNetTrainer", extra: dict
     folder = root / TASK / f"{trainer}__nnUNetPlans__3d_fullres"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(DATASET))
+    (folder / "dataset.json").write_text(json.dumps(dataset or DATASET))
     networks = {}
     for i, fold in enumerate(folds):
-        net = reference_network(plans, "3d_fullres")
+        net = reference_network(plans, "3d_fullres", outputs)
         randomize(net, 10 + i)
         state = {"network_weights": net.state_dict(), "optimizer_state": {}, "grad_scaler_state": None,
                  "logging": {"ema_fg_dice": [np.float64(0.5)]}, "_best_ema": np.float32(0.5), "current_epoch": 3,
@@ -215,6 +216,28 @@ def test_results_folder_imports_and_predicts_like_the_reference(tmp_path: Path) 
     expected = logits[0].argmax(0).numpy()
     assert seg.shape == image.shape and (seg == expected).mean() == 1.0
     assert set(np.unique(expected)) == {0, 1, 2}  # the check is not vacuous
+
+
+def test_region_model_predicts_like_nnunet(tmp_path: Path) -> None:
+    """nnU-Net averages region logits over folds and applies the sigmoid last (`region_averaging` logits).
+
+    Three folds: with two, the mean sigmoid exceeds 0.5 exactly where the mean logit exceeds 0."""
+    dataset = dict(DATASET, labels={"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=[1, 2])
+    folder, networks = write_results_folder(tmp_path / "nnunet", dataset=dataset, outputs=2, folds=("0", "1", "2"))
+    (run,) = import_nnunet(folder, Workspace(tmp_path / "ws"))
+    spacing = PLAIN_PLANS["configurations"]["3d_fullres"]["spacing"]
+    image = np.random.default_rng(3).uniform(50, 300, (8, 16, 16)).astype(np.float32)
+    predictor = Predictor.from_run_folder(run.run_dir, device="cpu", use_mirroring=False, precision="fp32")
+    assert predictor.plans.region_averaging == "logits"
+    seg = predictor.predict_array(image, spacing=spacing)
+    x = torch.from_numpy((image - image.mean(dtype=np.float64)) / image.std(dtype=np.float64)).float()[None, None]
+    with torch.no_grad():
+        logits = (sum(net(x)[0] for net in networks.values()) / 3)[0].numpy()
+    expected = np.zeros(image.shape, dtype=np.uint8)
+    expected[logits[0] > 0] = 1
+    expected[logits[1] > 0] = 2
+    assert set(np.unique(expected)) == {0, 1, 2}
+    assert (seg == expected).mean() == 1.0
 
 
 def test_predict_command_uses_the_imported_run(tmp_path: Path) -> None:

@@ -193,7 +193,8 @@ def translate_plans(plans: dict[str, Any], dataset: dict[str, Any], configuratio
         foreground_intensity_properties=properties, gpu_memory_target_gb=8.0, configurations={configuration: cfg},
         is_2d_data=configuration == "2d" and "3d_fullres" not in (plans.get("configurations") or {}),
         reasons={"imported": f"nnU-Net v2 plans '{plans.get('plans_name')}' of {plans.get('dataset_name')}"},
-        regions=spec.regions, regions_class_order=spec.regions_class_order, ignore_label=spec.ignore_label)
+        regions=spec.regions, regions_class_order=spec.regions_class_order, ignore_label=spec.ignore_label,
+        region_averaging="logits")
     result.validate(where)
     for c, scheme in enumerate(cfg.normalization):
         if scheme == "ct" and str(c) not in properties:

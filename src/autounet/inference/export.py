@@ -127,7 +127,8 @@ def _regions_on_crop(probs: np.ndarray, props: CaseProperties, plans: Plans, con
                      return_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Region probabilities (R, z, y, x) -> label map on the crop (each region resampled, thresholded
     at 0.5 and painted in `regions_class_order`), and the probabilities pasted into the uncropped
-    grid (0 outside the crop box) when asked for."""
+    grid (0 outside the crop box) when asked for. With `region_averaging` "logits" the input holds
+    logits, turned into probabilities after the resampling (nnU-Net's order)."""
     regions = plans.region_values
     if probs.ndim != 4 or probs.shape[0] != len(regions):
         raise ValueError(f"expected region probabilities (R={len(regions)}, z, y, x), got shape {tuple(probs.shape)}")
@@ -137,6 +138,8 @@ def _regions_on_crop(probs: np.ndarray, props: CaseProperties, plans: Plans, con
     box = tuple(slice(a, b) for a, b in props.bbox)
     for r in range(len(regions)):
         region = resample(probs[r:r + 1])[0]
+        if not plans.sigmoid_per_view:
+            region = torch.sigmoid(torch.from_numpy(region)).numpy()
         masks.append(region > 0.5)
         if full is not None:
             full[(r, *box)] = np.clip(region, 0, 1).astype(np.float16)

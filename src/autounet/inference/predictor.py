@@ -179,10 +179,10 @@ class Predictor:
 
     def predict_preprocessed(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Fold-averaged logits (K, z, y, x) float32 (CPU) of a preprocessed case (C, z, y, x); for a region
-        model the averaged sigmoid probabilities (R, z, y, x)."""
+        model the averaged sigmoid probabilities (R, z, y, x), or its logits with `region_averaging` "logits"."""
         return sliding_window_logits(self.networks, data, self.cfg.patch_size, self.plans.num_outputs,
                                      step_size=self.step_size, mirror_axes=self.mirror_axes, device=self.device,
-                                     precision=self.precision, sigmoid=self.plans.has_regions)
+                                     precision=self.precision, sigmoid=self.plans.sigmoid_per_view)
 
     def _network_input(self, image: np.ndarray, geometry: Geometry, case_id: str):
         from autounet.preprocessing.preprocessor import preprocess_case

@@ -26,6 +26,10 @@ from autounet.task.labels import Region
 PLANS_VERSION = 1
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
+#: How a region model's outputs are combined over mirrorings, folds and tiles: "probabilities" (autounet:
+#: mean of the sigmoids) or "logits" (nnU-Net, kept for imported models: mean logits, resampled back, then
+#: the sigmoid).
+REGION_AVERAGING = ("probabilities", "logits")
 # Bounds a plans.json must respect (hand edits beyond them are refused on load, not at training time).
 MAX_PATCH_EDGE = 4096
 MAX_BATCH_SIZE = 4096
@@ -117,6 +121,7 @@ class Plans:
     regions: list[Region] | None = None
     regions_class_order: list[int] | None = None
     ignore_label: int | None = None
+    region_averaging: str = REGION_AVERAGING[0]
 
     @property
     def num_channels(self) -> int:
@@ -125,6 +130,11 @@ class Plans:
     @property
     def has_regions(self) -> bool:
         return bool(self.regions)
+
+    @property
+    def sigmoid_per_view(self) -> bool:
+        """Whether prediction averages sigmoid probabilities (a region model of autounet's own)."""
+        return self.has_regions and self.region_averaging == "probabilities"
 
     @property
     def num_outputs(self) -> int:
@@ -183,6 +193,8 @@ class Plans:
             raise PlansError(f"{where}.labels: needs a background label with value 0")
         if self.ignore_label is not None and self.ignore_label <= max(self.labels.values()):
             raise PlansError(f"{where}.ignore_label: must be above every label value ({max(self.labels.values())})")
+        if self.region_averaging not in REGION_AVERAGING:
+            raise PlansError(f"{where}.region_averaging: '{self.region_averaging}' is not one of {REGION_AVERAGING}")
         if self.regions is not None:
             if not self.regions or len(self.regions_class_order or []) != len(self.regions):
                 raise PlansError(f"{where}.regions_class_order: needs one entry per region ({len(self.regions)})")
