@@ -116,8 +116,13 @@ def import_nnunet(source: Path, workspace: Workspace, overwrite: bool = False,
         unpacked = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}nnunet-", dir=workspace.results_root))
         try:
             unpack_nnunet_zip(source, unpacked)
+            try:
+                folders = find_model_folders(unpacked)
+            except DatasetError:
+                raise DatasetError(f"{source}: no nnU-Net model folder (<Trainer>__<Plans>__<configuration> with "
+                                   f"{', '.join(MODEL_FILES)} and fold_N/) in the archive") from None
             return [import_model_folder(folder, workspace, overwrite, checkpoint, f"{source}:{folder.name}")
-                    for folder in find_model_folders(unpacked)]
+                    for folder in folders]
         finally:
             shutil.rmtree(unpacked, ignore_errors=True)
     if not source.is_dir():
@@ -182,7 +187,7 @@ def import_model_folder(folder: Path, workspace: Workspace, overwrite: bool, che
         _replace_items(staging, target, [run_name])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("imported %s (%s, folds %s) into %s", folder.name, network_name, sorted(states), target / run_name)
+    log.debug("imported %s (%s, folds %s) into %s", folder.name, network_name, sorted(states), target / run_name)
     return ImportedRun(plans.task, target / run_name, sorted(states), network_name)
 
 
