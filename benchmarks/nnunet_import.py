@@ -35,6 +35,9 @@ import _nnunet as nb  # noqa: E402
 
 log = logging.getLogger("benchmarks.nnunet_import")
 TASK_NAME = "Bench"
+#: plans name -> the nnU-Net planner that writes it
+PLANNERS = {"nnUNetPlans": "ExperimentPlanner", "nnUNetResEncUNetMPlans": "nnUNetPlannerResEncM",
+            "nnUNetResEncUNetLPlans": "nnUNetPlannerResEncL", "nnUNetResEncUNetXLPlans": "nnUNetPlannerResEncXL"}
 
 
 def _prepare(args: argparse.Namespace, work: Path) -> tuple[dict[str, str], Path, Path]:
@@ -50,14 +53,15 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[dict[str, str], Path
     train_env = nb.nnunet_train_env(env, trainer_dir, args.epochs, args.iters, 1, 1)
     results = Path(env["nnUNet_results"])
     for configuration in args.configurations:
-        pattern = f"Dataset{args.dataset_id:03d}_*/{nb.BENCH_TRAINER}__{nb.NNUNET_PLANS}__{configuration}/fold_0"
+        pattern = f"Dataset{args.dataset_id:03d}_*/{nb.BENCH_TRAINER}__{args.plans}__{configuration}/fold_0"
         if list(results.glob(f"{pattern}/checkpoint_final.pth")):
             continue
         subprocess.run([str(python.parent / "nnUNetv2_plan_and_preprocess"), "-d", str(args.dataset_id), "-c",
-                        configuration, "-np", "2", "-npfp", "2"], env=env, check=True, stdout=subprocess.DEVNULL)
-        log.info("training nnU-Net %s for %d x %d iterations", configuration, args.epochs, args.iters)
-        subprocess.run(nb.nnunet_train_command(python, args.dataset_id, configuration, "cpu"), env=train_env,
-                       check=True, stdout=subprocess.DEVNULL)
+                        configuration, "-np", "2", "-npfp", "2", "-pl", PLANNERS[args.plans]], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        log.info("training nnU-Net %s %s for %d x %d iterations", args.plans, configuration, args.epochs, args.iters)
+        subprocess.run(nb.nnunet_train_command(python, args.dataset_id, configuration, "cpu") + ["-p", args.plans],
+                       env=train_env, check=True, stdout=subprocess.DEVNULL)
     inputs = work / "imagesTs"
     if not inputs.is_dir():
         test_task = nb.write_benchmark_task(work / "test_task", args.test_cases, args.test_shape, seed=99)
@@ -88,7 +92,7 @@ def _compare(args: argparse.Namespace, work: Path) -> bool:
     n_cases = len(list(inputs.glob("*.nii.gz")))
     ok = True
     for configuration in args.configurations:
-        run = f"{configuration}__{nb.BENCH_TRAINER}__{nb.NNUNET_PLANS}"
+        run = f"{configuration}__{nb.BENCH_TRAINER}__{args.plans}"
         for mirroring in (True, False):
             outs, seconds = {}, {}
             for tool in ("nnU-Net", "autounet"):
@@ -100,11 +104,13 @@ def _compare(args: argparse.Namespace, work: Path) -> bool:
                            "--device", "cpu", "--precision", args.precision] + ([] if mirroring else ["--disable-tta"])
                     cmd_env = dict(os.environ)
                 else:
-                    cmd, cmd_env = nb.nnunet_predict_command(python, args.dataset_id, configuration, inputs, out, "cpu",
-                                                             mirroring), env
+                    cmd = nb.nnunet_predict_command(python, args.dataset_id, configuration, inputs, out, "cpu",
+                                                    mirroring)
+                    cmd[cmd.index(nb.NNUNET_PLANS)] = args.plans
+                    cmd_env = env
                 measured = nb.measure(cmd, cmd_env, work, work / f"{out.name}.log", 0.1)
                 outs[tool], seconds[tool] = out, measured.wall_s / n_cases
-            print(f"\n{configuration}, mirroring {'on' if mirroring else 'off'}: seconds per case nnU-Net "
+            print(f"\n{args.plans} {configuration}, mirroring {'on' if mirroring else 'off'}: seconds per case nnU-Net "
                   f"{seconds['nnU-Net']:.1f}, autounet {seconds['autounet']:.1f} (ratio "
                   f"{seconds['autounet'] / seconds['nnU-Net']:.2f}, goal <= 0.5)")
             for case in sorted(outs["nnU-Net"].glob("*.nii.gz")):
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nnunet-python", required=True, help="python of a venv with nnunetv2 2.8.1")
     parser.add_argument("--configurations", nargs="+", default=["3d_fullres", "2d"])
+    parser.add_argument("--plans", choices=sorted(PLANNERS), default="nnUNetPlans",
+                        help="nnU-Net plans (and so network) to train: the default plain U-Net or a ResEnc preset")
     parser.add_argument("--cases", type=int, default=6, help="training cases to generate")
     parser.add_argument("--shape", nargs=3, type=int, default=[24, 40, 40], help="training case shape (z y x)")
     parser.add_argument("--test-cases", type=int, default=3)

@@ -63,6 +63,20 @@ def randomize(network: torch.nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * (0.2 if p.ndim > 1 else 0.5) + name.endswith("norm.weight"))
 
 
+def nnunet_logits(networks: dict[str, torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """nnU-Net 2.8.1's arithmetic for an input of exactly one tile: each fold's Gaussian-weighted logits
+    summed and divided in fp16 (Gaussian rounded to fp16), then the folds averaged in fp16."""
+    from autounet.inference.gaussian import gaussian_importance_map
+
+    w = torch.from_numpy(gaussian_importance_map(x.shape[2:], dtype=np.float16).astype(np.float32))
+    with torch.no_grad():
+        folds = [(net(x)[0][0] * w).half() / w.half() for net in networks.values()]
+    total = folds[0]
+    for fold in folds[1:]:
+        total += fold
+    return (total / len(folds)).float()
+
+
 def translated(plans: dict[str, Any], configuration: str, dataset: dict[str, Any] | None = None):
     return translate_plans(plans, dataset or DATASET, configuration, [0, 1, 2][: len(
         plans["configurations"][configuration]["patch_size"])], "plans.json")
@@ -205,15 +219,14 @@ def test_results_folder_imports_and_predicts_like_the_reference(tmp_path: Path) 
     manifest = json.loads((run_dir / "fold_0" / "run.json").read_text())
     assert manifest["status"] == "finished" and manifest["imported_from"]["trainer"] == "nnUNetTrainer"
     # A case on the plans' grid (no resampling), nonzero everywhere (no crop), of exactly one patch:
-    # the prediction must be the argmax of the two folds' mean logits on the z-scored image.
+    # the prediction must be the argmax of the two folds' mean logits on the z-scored image, computed
+    # with nnU-Net's fp16 sums (in fp32, near-ties of these random networks resolve differently).
     spacing = PLAIN_PLANS["configurations"]["3d_fullres"]["spacing"]
     image = np.random.default_rng(0).uniform(50, 300, (8, 16, 16)).astype(np.float32)
     predictor = Predictor.from_run_folder(run_dir, device="cpu", use_mirroring=False, precision="fp32")
     seg = predictor.predict_array(image, spacing=spacing)
     x = torch.from_numpy((image - image.mean(dtype=np.float64)) / image.std(dtype=np.float64)).float()[None, None]
-    with torch.no_grad():
-        logits = sum(net(x)[0] for net in networks.values()) / 2
-    expected = logits[0].argmax(0).numpy()
+    expected = nnunet_logits(networks, x).argmax(0).numpy()
     assert seg.shape == image.shape and (seg == expected).mean() == 1.0
     assert set(np.unique(expected)) == {0, 1, 2}  # the check is not vacuous
 
@@ -231,8 +244,7 @@ def test_region_model_predicts_like_nnunet(tmp_path: Path) -> None:
     assert predictor.plans.region_averaging == "logits"
     seg = predictor.predict_array(image, spacing=spacing)
     x = torch.from_numpy((image - image.mean(dtype=np.float64)) / image.std(dtype=np.float64)).float()[None, None]
-    with torch.no_grad():
-        logits = (sum(net(x)[0] for net in networks.values()) / 3)[0].numpy()
+    logits = nnunet_logits(networks, x).numpy()
     expected = np.zeros(image.shape, dtype=np.uint8)
     expected[logits[0] > 0] = 1
     expected[logits[1] > 0] = 2

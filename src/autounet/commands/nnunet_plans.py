@@ -164,7 +164,8 @@ def _configuration(plans: dict[str, Any], name: str, mirror_axes: list[int] | No
         patch_size=patch, batch_size=int(cfg.get("batch_size", 2)), median_shape=median, network=net,
         normalization=schemes, use_mask_for_norm=[bool(u) for u in cfg.get("use_mask_for_norm", [])],
         batch_dice=bool(cfg.get("batch_dice", False)), estimated_memory_bytes=0, resampling=_resampling(cfg, at),
-        mirror_axes=mirror_axes, reasons={"imported": f"translated from nnU-Net plans '{plans.get('plans_name')}'"})
+        mirror_axes=mirror_axes, reasons={"imported": f"translated from nnU-Net plans '{plans.get('plans_name')}'"},
+        window_arithmetic="nnunet_fp16")
     plan.validate(at)
     return network_name, plan
 

@@ -43,12 +43,15 @@ def _resampler(props: CaseProperties, plans: Plans, configuration: str):
     force_axis = 0 if cfg.dims == 2 else None
     shape = [int(s) for s in props.shape_after_crop]
 
+    half = cfg.window_arithmetic == "nnunet_fp16"  # nnU-Net resamples its fp16 logits into fp16
+
     def resample(channels: np.ndarray) -> np.ndarray:
         if list(channels.shape[1:]) == shape:
             return np.asarray(channels, dtype=np.float32)
-        return resample_probabilities(channels, shape, props.target_spacing, props.spacing,
-                                      order=rs.order_probabilities, order_z=rs.order_z,
-                                      threshold=rs.anisotropy_threshold, force_separate_axis=force_axis)
+        out = resample_probabilities(channels, shape, props.target_spacing, props.spacing,
+                                     order=rs.order_probabilities, order_z=rs.order_z,
+                                     threshold=rs.anisotropy_threshold, force_separate_axis=force_axis)
+        return out.astype(np.float16).astype(np.float32) if half else out
 
     return resample
 

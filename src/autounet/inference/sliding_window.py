@@ -129,6 +129,7 @@ def sliding_window_logits(
     max_forward_batch: int | None = None,
     precision: str = "auto",
     sigmoid: bool = False,
+    window_arithmetic: str = "autounet",
 ) -> torch.Tensor:
     """Logits (K, *spatial) float32 on the CPU for a preprocessed case `data` (C, *spatial); with
     `sigmoid` (region models) the mean of the sigmoid probabilities over mirrorings, folds and tiles.
@@ -139,7 +140,8 @@ def sliding_window_logits(
     from the estimated memory and, if the device still runs out of memory, redoes the case
     with host accumulation. `batch_tiles` tiles (times the mirrorings) go through one forward,
     at most `max_forward_batch` inputs at a time. `precision` as in `networks.precision`
-    (`auto`: fp16 autocast on CUDA, bf16 on CPUs with native bfloat16, else fp32).
+    (`auto`: fp16 autocast on CUDA, bf16 on CPUs with native bfloat16, else fp32). `window_arithmetic` as
+    in `planners.plans.WINDOW_ARITHMETIC`.
     """
     networks = list(network) if isinstance(network, (list, tuple)) else [network]
     if not networks:
@@ -172,7 +174,7 @@ def sliding_window_logits(
         placement = _auto_placement(networks, spatial, num_classes, patch_size, x.shape[0], dev,
                                     batch_tiles * n_views)
     args = (networks, x, tuple(int(p) for p in patch_size), num_classes, step_size, tuple(mirror_axes),
-            use_gaussian, dev, batch_tiles, max_forward_batch, resolved_precision, sigmoid)
+            use_gaussian, dev, batch_tiles, max_forward_batch, resolved_precision, sigmoid, window_arithmetic)
     if placement == "device" and dev.type == "cuda":
         try:
             return _predict(*args, acc_device=dev)
@@ -209,7 +211,7 @@ def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num
 
 def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[int, ...], num_classes: int,
              step_size: float, mirror_axes: tuple[int, ...], use_gaussian: bool, dev: torch.device,
-             batch_tiles: int, max_forward_batch: int, precision: str, sigmoid: bool,
+             batch_tiles: int, max_forward_batch: int, precision: str, sigmoid: bool, window_arithmetic: str,
              acc_device: torch.device) -> torch.Tensor:
     spatial = tuple(x.shape[1:])
     slice_axis = len(spatial) == len(patch_size) + 1  # 2D network on 3D data
@@ -225,10 +227,13 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
     data_on = dev if acc_device == dev else torch.device("cpu")
     x = x.to(data_on)
 
-    acc_dtype = torch.float16 if accumulator_dtype_bytes(target, num_classes) == 2 else torch.float32
+    nnunet = window_arithmetic == "nnunet_fp16"
+    acc_dtype = torch.float16 if nnunet or accumulator_dtype_bytes(target, num_classes) == 2 else torch.float32
     logits_sum = torch.zeros((num_classes, *target), dtype=acc_dtype, device=acc_device)
     weight_sum = torch.zeros(target, dtype=acc_dtype, device=acc_device)
-    if use_gaussian:
+    if use_gaussian and window_arithmetic == "nnunet_fp16":
+        weight_np = gaussian_importance_map(patch_size, dtype=np.float16).astype(np.float32)
+    elif use_gaussian:
         # The Gaussian's corners fall to ~1e-10 of its peak in every dimension count; in a half
         # precision buffer logits times such weights keep almost no significant bits, so the
         # weights are floored at 1e-3 of the peak (in either precision, for identical results).
@@ -260,13 +265,17 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
         if slice_axis:
             out = out.unsqueeze(2)
         out = out * weight_dev
-        out = out.to(acc_device, acc_dtype)
+        # nnU-Net adds the fp32 products into its fp16 sums (one rounding per addition)
+        out = out.to(acc_device) if nnunet else out.to(acc_device, acc_dtype)
         for i, box in enumerate(boxes):
             logits_sum[(slice(None),) + box] += out[i]
             weight_sum[box] += weight_acc
 
     crop = tuple(slice(b, b + s) for b, s in zip(pad_before, spatial))
-    result = (logits_sum[(slice(None),) + crop].float() / weight_sum[crop].float()).cpu()
+    if nnunet:
+        result = (logits_sum[(slice(None),) + crop] / weight_sum[crop]).float().cpu()
+    else:
+        result = (logits_sum[(slice(None),) + crop].float() / weight_sum[crop].float()).cpu()
     if not torch.isfinite(result).all():
         if acc_dtype == torch.float16:
             raise RuntimeError("non-finite logits after half-precision accumulation; the network's logits overflow")

@@ -30,6 +30,11 @@ NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
 #: mean of the sigmoids) or "logits" (nnU-Net, kept for imported models: mean logits, resampled back, then
 #: the sigmoid).
 REGION_AVERAGING = ("probabilities", "logits")
+#: Sliding-window arithmetic: "autounet" (tile weights: the Gaussian floored at 1e-3 of its peak; sums in
+#: fp32, or fp16 for very large cases) or "nnunet_fp16" (nnU-Net 2.8.1's, kept for imported models: the
+#: Gaussian rounded to fp16 with its zeros replaced by the smallest weight, each fold's logits summed and
+#: divided in fp16, folds averaged in fp16, resampled logits rounded to fp16 - so near-ties resolve alike).
+WINDOW_ARITHMETIC = ("autounet", "nnunet_fp16")
 # Bounds a plans.json must respect (hand edits beyond them are refused on load, not at training time).
 MAX_PATCH_EDGE = 4096
 MAX_BATCH_SIZE = 4096
@@ -65,6 +70,7 @@ class ConfigurationPlan:
     next_stage: str | None = None
     mirror_axes: list[int] | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    window_arithmetic: str = WINDOW_ARITHMETIC[0]
 
     @property
     def dims(self) -> int:
@@ -101,6 +107,8 @@ class ConfigurationPlan:
                 raise PlansError(f"{where}.normalization[{i}]: unknown scheme '{scheme}', use one of {NORMALIZATION_SCHEMES}")
         if len(self.use_mask_for_norm) != len(self.normalization):
             raise PlansError(f"{where}.use_mask_for_norm: needs one entry per channel")
+        if self.window_arithmetic not in WINDOW_ARITHMETIC:
+            raise PlansError(f"{where}.window_arithmetic: '{self.window_arithmetic}' is not one of {WINDOW_ARITHMETIC}")
 
 
 @dataclass
