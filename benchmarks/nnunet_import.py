@@ -9,10 +9,10 @@ preprocessed by nnU-Net (its own plans, untouched) and trained briefly (fold 0 w
 benchmark trainer: `--epochs` x `--iters`); `autounet import_nnunet` installs the results folder; then
 `--test-cases` new cases (other seeds, other spacings) are predicted by `nnUNetv2_predict` and by
 `autounet predict` with mirroring on and off (fold 0, final checkpoint, step 0.5, CPU, nnU-Net with
-`-npp 1 -nps 1`). Printed: per case the Dice of every label between the two tools' label maps and
+`-npp 1 -nps 1`), `--repeats` times each, the tools alternating. Printed: per case the Dice of every label between the two tools' label maps and
 whether the geometry is identical (goal: Dice >= 0.999, same geometry), and both tools' seconds per
-case (whole command, start-up included, divided by the number of cases; goal: autounet at most
-half of nnU-Net's). autounet runs with `--precision` (default fp32: nnU-Net predicts in fp32 on a
+case (whole command, start-up included, divided by the number of cases, median of the repeats; goal:
+autounet at most half of nnU-Net's). autounet runs with `--precision` (default fp32: nnU-Net predicts in fp32 on a
 CPU; autounet's `auto` would pick bf16 on CPUs that have it, which is faster but not the same
 arithmetic).
 """
@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,21 @@ def label_dice(a: Path, b: Path) -> tuple[list[float], bool]:
     return [float(2 * ((p == v) & (q == v)).sum() / max((p == v).sum() + (q == v).sum(), 1)) for v in labels], same
 
 
+def _predict_command(args: argparse.Namespace, tool: str, workspace: Path, configuration: str, inputs: Path,
+                     out: Path, mirroring: bool, nnunet_env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The prediction command of one tool (fold 0, CPU) and its environment."""
+    if tool == "autounet":
+        run = f"{configuration}__{nb.BENCH_TRAINER}__{args.plans}"
+        cmd = [sys.executable, "-m", "autounet", "--workspace", str(workspace), "predict", "-t",
+               f"Dataset{args.dataset_id:03d}", "-c", run, "-i", str(inputs), "-o", str(out), "-f", "0",
+               "--device", "cpu", "--precision", args.precision]
+        return cmd + ([] if mirroring else ["--disable-tta"]), dict(os.environ)
+    cmd = nb.nnunet_predict_command(Path(args.nnunet_python), args.dataset_id, configuration, inputs, out, "cpu",
+                                    mirroring)
+    cmd[cmd.index(nb.NNUNET_PLANS)] = args.plans
+    return cmd, nnunet_env
+
+
 def _compare(args: argparse.Namespace, work: Path) -> bool:
     python = Path(args.nnunet_python)
     env, results, inputs = _prepare(args, work)
@@ -92,27 +108,24 @@ def _compare(args: argparse.Namespace, work: Path) -> bool:
     n_cases = len(list(inputs.glob("*.nii.gz")))
     ok = True
     for configuration in args.configurations:
-        run = f"{configuration}__{nb.BENCH_TRAINER}__{args.plans}"
         for mirroring in (True, False):
-            outs, seconds = {}, {}
-            for tool in ("nnU-Net", "autounet"):
-                out = work / f"pred_{configuration}_{tool}_{'mirror' if mirroring else 'nomirror'}"
-                shutil.rmtree(out, ignore_errors=True)
-                if tool == "autounet":
-                    cmd = [sys.executable, "-m", "autounet", "--workspace", str(workspace), "predict", "-t",
-                           f"Dataset{args.dataset_id:03d}", "-c", run, "-i", str(inputs), "-o", str(out), "-f", "0",
-                           "--device", "cpu", "--precision", args.precision] + ([] if mirroring else ["--disable-tta"])
-                    cmd_env = dict(os.environ)
-                else:
-                    cmd = nb.nnunet_predict_command(python, args.dataset_id, configuration, inputs, out, "cpu",
-                                                    mirroring)
-                    cmd[cmd.index(nb.NNUNET_PLANS)] = args.plans
-                    cmd_env = env
-                measured = nb.measure(cmd, cmd_env, work, work / f"{out.name}.log", 0.1)
-                outs[tool], seconds[tool] = out, measured.wall_s / n_cases
+            outs: dict[str, Path] = {}
+            runs: dict[str, list[float]] = {"nnU-Net": [], "autounet": []}
+            for repeat in range(args.repeats):
+                for tool in (("nnU-Net", "autounet") if repeat % 2 == 0 else ("autounet", "nnU-Net")):
+                    out = work / f"pred_{configuration}_{tool}_{'mirror' if mirroring else 'nomirror'}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd, cmd_env = _predict_command(args, tool, workspace, configuration, inputs, out, mirroring,
+                                                    env)
+                    measured = nb.measure(cmd, cmd_env, work, work / f"{out.name}.log", 0.1)
+                    outs[tool] = out
+                    runs[tool].append(measured.wall_s / n_cases)
+            seconds = {tool: statistics.median(values) for tool, values in runs.items()}
             print(f"\n{args.plans} {configuration}, mirroring {'on' if mirroring else 'off'}: seconds per case nnU-Net "
                   f"{seconds['nnU-Net']:.1f}, autounet {seconds['autounet']:.1f} (ratio "
-                  f"{seconds['autounet'] / seconds['nnU-Net']:.2f}, goal <= 0.5)")
+                  f"{seconds['autounet'] / seconds['nnU-Net']:.2f}, goal <= 0.5; medians of "
+                  f"{', '.join(f'{v:.1f}' for v in runs['nnU-Net'])} and {', '.join(f'{v:.1f}' for v in runs['autounet'])}; "
+                  f"load {os.getloadavg()[0]:.1f})")
             for case in sorted(outs["nnU-Net"].glob("*.nii.gz")):
                 dice, same = label_dice(case, outs["autounet"] / case.name)
                 good = same and min(dice, default=1.0) >= 0.999
@@ -136,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-shape", nargs=3, type=int, default=[28, 44, 40], help="test case shape (z y x)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool and setting (alternating)")
     parser.add_argument("--precision", default="fp32", help="autounet --precision (fp32 is nnU-Net's CPU arithmetic)")
     parser.add_argument("--dataset-id", type=int, default=977)
     parser.add_argument("--workdir", type=Path, default=None, help="kept for reuse (default: a temporary folder)")
