@@ -13,4 +13,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"$PY" -m pip install -e ".[test]"
+# Keep the torch chosen above: a test-only dependency (dynamic-network-architectures -> timm ->
+# torchvision) would otherwise let pip replace it with the newest (CUDA) build.
+TORCH_VERSION=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+"$PY" -m pip install -e ".[test]" "torch==$TORCH_VERSION"

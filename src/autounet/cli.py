@@ -288,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive")
     p.add_argument("--overwrite", action="store_true")
 
+    p = add("import_nnunet", h.cmd_import_nnunet, "install a trained nnU-Net v2 model (results folder or "
+            "exported zip) as an autounet run", aliases=["import-nnunet"])
+    p.add_argument("path", help="<Trainer>__<Plans>__<configuration> folder, a DatasetXXX_Name folder of them, "
+                                "or a zip from nnUNetv2_export_model_to_zip")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                   help="which nnU-Net checkpoint of each fold to import")
+    p.add_argument("--overwrite", action="store_true", help="replace a run imported before")
+
     return parser
 
 

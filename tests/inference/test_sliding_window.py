@@ -177,3 +177,21 @@ def test_memory_estimate_counts_buffers():
     assert est.data == voxels * 2 * 4
     assert est.result == voxels * 3 * 4
     assert est.total == est.accumulators + est.data + est.network + est.result
+
+
+def test_cpu_batches_mirrored_views_only_while_their_activations_are_small():
+    """Batching the views changes the speed, never the result; a large patch stays view by view."""
+    from autounet.inference.sliding_window import _views_fit_cpu
+    from autounet.networks.description import NetworkPlan
+    from autounet.networks.registry import build_network
+
+    torch.manual_seed(0)
+    plan = NetworkPlan("plain_unet", [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [1, 1], [1])
+    net = build_network("plain_unet", plan, 1, 3, deep_supervision=False).eval()
+    assert _views_fit_cpu(net, [8, 16, 16], 8)
+    assert not _views_fit_cpu(net, [512, 512, 512], 8)  # 8 x ~7 GiB of activations
+    data = np.random.default_rng(0).normal(size=(1, 10, 20, 18)).astype(np.float32)
+    batched = sliding_window_logits(net, data, [8, 16, 16], 3, mirror_axes=[0, 1, 2], device="cpu", precision="fp32")
+    one_by_one = sliding_window_logits(net, data, [8, 16, 16], 3, mirror_axes=[0, 1, 2], device="cpu",
+                                       precision="fp32", max_forward_batch=1)
+    assert torch.allclose(batched, one_by_one, atol=1e-5)

@@ -304,3 +304,11 @@ def cmd_install_model(args: argparse.Namespace) -> int:
     target = install_model(Path(args.archive), _workspace(args), overwrite=args.overwrite)
     print(f"installed into {target}")
     return 0
+
+
+def cmd_import_nnunet(args: argparse.Namespace) -> int:
+    from autounet.commands.nnunet_import import import_nnunet
+
+    for run in import_nnunet(Path(args.path), _workspace(args), overwrite=args.overwrite, checkpoint=args.checkpoint):
+        print(f"imported {run.task}: {run.run_dir} ({run.network}, folds {', '.join(run.folds)})")
+    return 0

@@ -14,6 +14,7 @@ import logging
 import pickle
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +47,38 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
                               f"the previous checkpoint is unchanged") from exc
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling arbitrary objects; errors name the file."""
+def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu",
+                      allowed_globals: Sequence[Any] = (), source: str = "autounet") -> Any:
+    """torch.load(weights_only=True) with only `allowed_globals` added to torch's allow-list, for this
+    load alone; a refused or unreadable file raises CheckpointError naming the file (and the global)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _refused_global(str(exc))
         if refused is not None:
             raise CheckpointError(
                 f"{path}: refused, the checkpoint holds a pickled Python object ({refused}) that could run code "
-                f"when loaded; use a checkpoint written by autounet"
+                f"when loaded; use a checkpoint written by {source}"
             ) from None
         if "WeightsUnpickler error:" in str(exc):
             detail = _one_line(str(exc).split("WeightsUnpickler error:", 1)[1].split(". ", 1)[0])
             raise CheckpointError(
                 f"{path}: refused, the checkpoint holds data the weights-only loader does not accept ({detail}); "
-                f"use a checkpoint written by autounet"
+                f"use a checkpoint written by {source}"
             ) from None
         raise _unloadable(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         raise _unloadable(path, exc) from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling arbitrary objects; errors name the file."""
+    path = Path(path)
+    state = load_weights_only(path, map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an autounet checkpoint of format {CHECKPOINT_FORMAT} "

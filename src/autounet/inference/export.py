@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import expit
 
 from autounet.inference.memory import choose_export_strategy, estimate_export_memory_bytes
 from autounet.io.geometry import Geometry
@@ -46,12 +47,15 @@ def _resampler(props: CaseProperties, plans: Plans, configuration: str):
     force_axis = 0 if cfg.dims == 2 else None
     shape = [int(s) for s in props.shape_after_crop]
 
+    half = cfg.window_arithmetic == "nnunet_fp16"  # nnU-Net resamples its fp16 logits into fp16
+
     def resample(channels: np.ndarray) -> np.ndarray:
         if list(channels.shape[1:]) == shape:
             return np.asarray(channels, dtype=np.float32)
-        return resample_probabilities(channels, shape, props.target_spacing, props.spacing,
-                                      order=rs.order_probabilities, order_z=rs.order_z,
-                                      threshold=rs.anisotropy_threshold, force_separate_axis=force_axis)
+        out = resample_probabilities(channels, shape, props.target_spacing, props.spacing,
+                                     order=rs.order_probabilities, order_z=rs.order_z,
+                                     threshold=rs.anisotropy_threshold, force_separate_axis=force_axis)
+        return out.astype(np.float16).astype(np.float32) if half else out
 
     return resample
 
@@ -134,7 +138,8 @@ def _regions_on_crop(probs: np.ndarray, props: CaseProperties, plans: Plans, con
                      return_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Region probabilities (R, z, y, x) -> label map on the crop (each region resampled, thresholded
     at 0.5 and painted in `regions_class_order`), and the probabilities pasted into the uncropped
-    grid (0 outside the crop box) when asked for."""
+    grid (0 outside the crop box) when asked for. With `region_averaging` "logits" the input holds
+    logits, turned into probabilities after the resampling (nnU-Net's order)."""
     regions = plans.region_values
     if probs.ndim != 4 or probs.shape[0] != len(regions):
         raise ValueError(f"expected region probabilities (R={len(regions)}, z, y, x), got shape {tuple(probs.shape)}")
@@ -144,6 +149,8 @@ def _regions_on_crop(probs: np.ndarray, props: CaseProperties, plans: Plans, con
     box = tuple(slice(a, b) for a, b in props.bbox)
     for r in range(len(regions)):
         region = resample(probs[r:r + 1])[0]
+        if not plans.sigmoid_per_view:
+            region = expit(region)  # torch-free (the ONNX runner shares this module)
         masks.append(region > 0.5)
         if full is not None:
             full[(r, *box)] = np.clip(region, 0, 1).astype(np.float16)

@@ -179,10 +179,22 @@ class Predictor:
 
     def predict_preprocessed(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Fold-averaged logits (K, z, y, x) float32 (CPU) of a preprocessed case (C, z, y, x); for a region
-        model the averaged sigmoid probabilities (R, z, y, x)."""
-        return sliding_window_logits(self.networks, data, self.cfg.patch_size, self.plans.num_outputs,
-                                     step_size=self.step_size, mirror_axes=self.mirror_axes, device=self.device,
-                                     precision=self.precision, sigmoid=self.plans.has_regions)
+        model the averaged sigmoid probabilities (R, z, y, x), or its logits with `region_averaging` "logits".
+
+        With `window_arithmetic` "nnunet_fp16" each fold runs its own sliding window and the folds are
+        averaged in fp16, as nnU-Net does; otherwise the folds are averaged per tile."""
+        def window(networks: Sequence[nn.Module]) -> torch.Tensor:
+            return sliding_window_logits(networks, data, self.cfg.patch_size, self.plans.num_outputs,
+                                         step_size=self.step_size, mirror_axes=self.mirror_axes, device=self.device,
+                                         precision=self.precision, sigmoid=self.plans.sigmoid_per_view,
+                                         window_arithmetic=self.cfg.window_arithmetic)
+
+        if self.cfg.window_arithmetic != "nnunet_fp16" or len(self.networks) == 1:
+            return window(self.networks)
+        total = window(self.networks[:1]).half()
+        for net in self.networks[1:]:
+            total += window([net]).half()
+        return (total / len(self.networks)).float()
 
     def _network_input(self, image: np.ndarray, geometry: Geometry, case_id: str):
         from autounet.preprocessing.preprocessor import preprocess_case

@@ -32,6 +32,11 @@ from autounet.networks.precision import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
+#: On a CPU the mirrored views of a tile go through one forward while their activations (the network's
+#: feature-map proxy, fp32) stay within this: small patches run much faster batched (8 views of a
+#: 24x40x40 plain U-Net: 2.5-3x on 2 cores), large ones gain nothing and would multiply the memory.
+CPU_VIEW_BATCH_BYTES = 1024**3
+
 __all__ = ["WEIGHT_FLOOR", "compute_steps", "gaussian_importance_map", "mirror_subsets", "sliding_window_logits"]
 
 
@@ -129,6 +134,7 @@ def sliding_window_logits(
     max_forward_batch: int | None = None,
     precision: str = "auto",
     sigmoid: bool = False,
+    window_arithmetic: str = "autounet",
 ) -> torch.Tensor:
     """Logits (K, *spatial) float32 on the CPU for a preprocessed case `data` (C, *spatial); with
     `sigmoid` (region models) the mean of the sigmoid probabilities over mirrorings, folds and tiles.
@@ -140,7 +146,8 @@ def sliding_window_logits(
     with host accumulation. `batch_tiles` tiles (times the mirrorings) go through one forward,
     at most `max_forward_batch` inputs at a time (halved, down to 1, when a forward runs out of device
     memory; after that the host-accumulation redo of "auto"). `precision` as in `networks.precision`
-    (`auto`: fp16 autocast on CUDA, bf16 on CPUs with native bfloat16, else fp32).
+    (`auto`: fp16 autocast on CUDA, bf16 on CPUs with native bfloat16, else fp32). `window_arithmetic` as
+    in `planners.plans.WINDOW_ARITHMETIC`.
     """
     networks = list(network) if isinstance(network, (list, tuple)) else [network]
     if not networks:
@@ -164,16 +171,18 @@ def sliding_window_logits(
     if batch_tiles is None:
         batch_tiles = 1 if net_dims == 3 else max(1, 16 // n_views)
     if max_forward_batch is None:
-        # On a GPU the mirrored views go through together (better occupancy); on a CPU a larger
-        # batch buys no speed and multiplies the activation memory, so views go one by one.
-        max_forward_batch = batch_tiles * n_views if dev.type == "cuda" else batch_tiles
+        # On a GPU the mirrored views go through together (better occupancy); on a CPU only while their
+        # activations are small (see CPU_VIEW_BATCH_BYTES), else one by one.
+        together = dev.type == "cuda" or _views_fit_cpu(networks[0], patch_size, batch_tiles * n_views)
+        max_forward_batch = batch_tiles * n_views if together else batch_tiles
 
     placement = accumulate_on
     if placement == "auto":
         placement = _auto_placement(networks, spatial, num_classes, patch_size, x.shape[0], dev,
                                     batch_tiles * n_views)
     args = (networks, x, tuple(int(p) for p in patch_size), num_classes, step_size, tuple(mirror_axes),
-            use_gaussian, dev, batch_tiles, ForwardBatch(max_forward_batch), resolved_precision, sigmoid)
+            use_gaussian, dev, batch_tiles, ForwardBatch(max_forward_batch), resolved_precision, sigmoid,
+            window_arithmetic)
     if placement == "device" and dev.type == "cuda":
         try:
             return _predict(*args, acc_device=dev)
@@ -191,6 +200,17 @@ def sliding_window_logits(
     hint = "free memory" if dev.type == "cpu" else "predict with --device cpu, or free the GPU's memory"
     raise AutounetError(f"--device {dev.type}: out of memory on {dev} even with one tile of {list(patch_size)} per "
                         f"forward and the sums in host memory; {hint}")
+
+
+def _views_fit_cpu(network: nn.Module, patch_size: Sequence[int], views: int) -> bool:
+    size_fn = getattr(network, "feature_map_size", None)
+    if not callable(size_fn):
+        return False
+    try:
+        proxy = int(size_fn(list(patch_size)))
+    except Exception:  # noqa: BLE001 - an estimate only: a custom network without it goes view by view
+        return False
+    return proxy * 4 * views <= CPU_VIEW_BATCH_BYTES
 
 
 def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num_classes: int,
@@ -217,7 +237,7 @@ def _auto_placement(networks: Sequence[nn.Module], spatial: tuple[int, ...], num
 
 def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[int, ...], num_classes: int,
              step_size: float, mirror_axes: tuple[int, ...], use_gaussian: bool, dev: torch.device,
-             batch_tiles: int, forward_batch: ForwardBatch, precision: str, sigmoid: bool,
+             batch_tiles: int, forward_batch: ForwardBatch, precision: str, sigmoid: bool, window_arithmetic: str,
              acc_device: torch.device) -> torch.Tensor:
     spatial = tuple(x.shape[1:])
     slice_axis = len(spatial) == len(patch_size) + 1  # 2D network on 3D data
@@ -233,10 +253,14 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
     data_on = dev if acc_device == dev else torch.device("cpu")
     x = x.to(data_on)
 
-    acc_dtype = torch.float16 if accumulator_dtype_bytes(target, num_classes) == 2 else torch.float32
+    nnunet = window_arithmetic == "nnunet_fp16"
+    acc_dtype = torch.float16 if nnunet or accumulator_dtype_bytes(target, num_classes) == 2 else torch.float32
     logits_sum = torch.zeros((num_classes, *target), dtype=acc_dtype, device=acc_device)
     weight_sum = torch.zeros(target, dtype=acc_dtype, device=acc_device)
-    weight_np = tile_weights(patch_size, use_gaussian)
+    if use_gaussian and nnunet:  # nnU-Net 2.8.1 builds its Gaussian in half precision, without a floor
+        weight_np = gaussian_importance_map(patch_size, dtype=np.float16).astype(np.float32)
+    else:
+        weight_np = tile_weights(patch_size, use_gaussian)
     weight = torch.from_numpy(weight_np).reshape(tile_shape)
     weight_dev = weight.to(dev)
     weight_acc = weight.to(acc_device, acc_dtype)
@@ -261,13 +285,17 @@ def _predict(networks: Sequence[nn.Module], x: torch.Tensor, patch_size: tuple[i
         if slice_axis:
             out = out.unsqueeze(2)
         out = out * weight_dev
-        out = out.to(acc_device, acc_dtype)
+        # nnU-Net adds the fp32 products into its fp16 sums (one rounding per addition)
+        out = out.to(acc_device) if nnunet else out.to(acc_device, acc_dtype)
         for i, box in enumerate(boxes):
             logits_sum[(slice(None),) + box] += out[i]
             weight_sum[box] += weight_acc
 
     crop = tuple(slice(b, b + s) for b, s in zip(pad_before, spatial))
-    result = (logits_sum[(slice(None),) + crop].float() / weight_sum[crop].float()).cpu()
+    if nnunet:
+        result = (logits_sum[(slice(None),) + crop] / weight_sum[crop]).float().cpu()
+    else:
+        result = (logits_sum[(slice(None),) + crop].float() / weight_sum[crop].float()).cpu()
     if not torch.isfinite(result).all():
         if acc_dtype == torch.float16:
             raise RuntimeError("non-finite logits after half-precision accumulation; the network's logits overflow")

@@ -14,6 +14,10 @@ from autounet.errors import PlansError
 
 MAX_FEATURES = 8192
 MAX_CONVS_PER_STAGE = 64
+#: Residual shortcuts when a block changes shape: "project" (autounet's default: pool when strided,
+#: then always a 1x1 conv + norm) or "project_on_channel_change" (nnU-Net's BasicBlockD: pool when
+#: strided, a bias-free 1x1 conv + norm only when the channel count changes; imported models use it).
+RESIDUAL_SHORTCUTS = ("project", "project_on_channel_change")
 
 
 @dataclass
@@ -24,7 +28,8 @@ class NetworkPlan:
     resolution down to the bottleneck; `strides[0]` is all ones. `n_conv_decoder` has one
     entry per decoder stage, listed from the bottleneck upwards (entry 0 is the stage right
     after the bottleneck). `blocks` names optional extra blocks ("se", "attention_gate") for
-    ablations; empty means the plain architecture.
+    ablations; empty means the plain architecture. `residual_shortcut` (one of RESIDUAL_SHORTCUTS)
+    only matters to residual encoders.
     """
 
     architecture: str
@@ -34,6 +39,7 @@ class NetworkPlan:
     n_conv_encoder: list[int]
     n_conv_decoder: list[int]
     blocks: list[str] = field(default_factory=list)
+    residual_shortcut: str = RESIDUAL_SHORTCUTS[0]
 
     @property
     def n_stages(self) -> int:
@@ -62,6 +68,8 @@ class NetworkPlan:
         for key in ("n_conv_encoder", "n_conv_decoder"):
             if any(not 1 <= n <= MAX_CONVS_PER_STAGE for n in getattr(self, key)):
                 raise PlansError(f"{where}.{key}: each must be within 1..{MAX_CONVS_PER_STAGE}")
+        if self.residual_shortcut not in RESIDUAL_SHORTCUTS:
+            raise PlansError(f"{where}.residual_shortcut: '{self.residual_shortcut}' is not one of {RESIDUAL_SHORTCUTS}")
         dims = self.dims
         for key in ("kernel_sizes", "strides"):
             for i, v in enumerate(getattr(self, key)):

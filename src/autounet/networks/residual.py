@@ -27,7 +27,7 @@ from autounet.networks.blocks import (
 )
 from autounet.networks.feature_maps import POOL, PROJECTION, RESIDUAL_SUM, FeatureMap, proxy_size
 from autounet.networks.unet import UNetBase, UNetEncoder
-from autounet.networks.description import NetworkPlan
+from autounet.networks.description import RESIDUAL_SHORTCUTS, NetworkPlan
 
 
 class ResidualBlock(nn.Module):
@@ -39,22 +39,26 @@ class ResidualBlock(nn.Module):
     """
 
     def __init__(self, conv_op: type[nn.Module], in_channels: int, out_channels: int,
-                 kernel_size: IntOrSeq, stride: IntOrSeq = 1) -> None:
+                 kernel_size: IntOrSeq, stride: IntOrSeq = 1, shortcut: str = RESIDUAL_SHORTCUTS[0]) -> None:
         super().__init__()
         dims = dims_of(conv_op)
         stride_t = as_tuple(stride, dims, "stride")
         self.out_channels = out_channels
         self.conv1 = ConvNormAct(conv_op, in_channels, out_channels, kernel_size, stride_t)
         self.conv2 = ConvNormAct(conv_op, out_channels, out_channels, kernel_size, 1, nonlin=None)
-        self.projects = in_channels != out_channels or any(s != 1 for s in stride_t)
-        if self.projects:
-            layers: list[nn.Module] = []
-            if any(s != 1 for s in stride_t):
-                layers.append(avg_pool_for_dims(dims)(stride_t, stride_t, ceil_mode=True, count_include_pad=False))
+        strided = any(s != 1 for s in stride_t)
+        layers: list[nn.Module] = []
+        if strided:
+            layers.append(avg_pool_for_dims(dims)(stride_t, stride_t, ceil_mode=True, count_include_pad=False))
+        if shortcut == "project_on_channel_change":
+            # nnU-Net's BasicBlockD: no 1x1 conv when only the resolution changes; its conv has no bias
+            # (the norm right after it would cancel one).
+            if in_channels != out_channels:
+                layers.append(ConvNormAct(conv_op, in_channels, out_channels, 1, 1, nonlin=None, conv_bias=False))
+        elif in_channels != out_channels or strided:
             layers.append(ConvNormAct(conv_op, in_channels, out_channels, 1, 1, nonlin=None))
-            self.shortcut: nn.Module = nn.Sequential(*layers)
-        else:
-            self.shortcut = nn.Identity()
+        self.projects = bool(layers)
+        self.shortcut: nn.Module = nn.Sequential(*layers) if layers else nn.Identity()
         self.nonlin = nn.LeakyReLU(**DEFAULT_NONLIN_KWARGS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +71,7 @@ class ResidualBlock(nn.Module):
         c = self.conv1
         shortcut = "identity"
         if self.projects:
-            shortcut = ("avgpool+1x1 conv" if any(s != 1 for s in c.stride) else "1x1 conv")
+            shortcut = "+".join("1x1 conv" if isinstance(m, ConvNormAct) else "avgpool" for m in self.shortcut)
         return (f"ResidualBlock({c.in_channels}->{self.out_channels}, k={format_axes(c.kernel_size)}, "
                 f"s={format_axes(c.stride)}, {type(c.norm).__name__}, shortcut={shortcut})")
 
@@ -77,10 +81,11 @@ class ResidualBlock(nn.Module):
         out = self.output_size(input_size)
         maps = self.conv1.feature_maps(input_size) + self.conv2.feature_maps(out)
         if self.projects:
-            layers = list(self.shortcut)
-            if len(layers) == 2:
-                maps.append(FeatureMap(POOL, self.conv1.in_channels, prod(out)))
-            maps += layers[-1].feature_maps(out, kind=PROJECTION)
+            for layer in self.shortcut:
+                if isinstance(layer, ConvNormAct):
+                    maps += layer.feature_maps(out, kind=PROJECTION)
+                else:
+                    maps.append(FeatureMap(POOL, self.conv1.in_channels, prod(out)))
         maps.append(FeatureMap(RESIDUAL_SUM, self.out_channels, prod(out)))
         return maps
 
@@ -93,12 +98,12 @@ class ResidualStage(SizedSequential):
     """`n` residual blocks; the first one carries the stride and the channel change."""
 
     def __init__(self, n: int, conv_op: type[nn.Module], in_channels: int, out_channels: int,
-                 kernel_size: IntOrSeq, first_stride: IntOrSeq) -> None:
+                 kernel_size: IntOrSeq, first_stride: IntOrSeq, shortcut: str = RESIDUAL_SHORTCUTS[0]) -> None:
         if n < 1:
             raise ValueError(f"ResidualStage needs at least one block, got n={n}")
         super().__init__(*[
             ResidualBlock(conv_op, in_channels if i == 0 else out_channels, out_channels, kernel_size,
-                          first_stride if i == 0 else 1)
+                          first_stride if i == 0 else 1, shortcut)
             for i in range(n)
         ])
 
@@ -113,7 +118,7 @@ class ResidualEncoderUNet(UNetBase):
         stem = ConvNormAct(ops.conv, in_channels, features[0], plan.kernel_sizes[0], 1)
         stages = [
             ResidualStage(plan.n_conv_encoder[s], ops.conv, features[max(s - 1, 0)], features[s],
-                          plan.kernel_sizes[s], plan.strides[s])
+                          plan.kernel_sizes[s], plan.strides[s], plan.residual_shortcut)
             for s in range(plan.n_stages)
         ]
         return UNetEncoder(stages, features, ops.conv, stem=stem, se=se)

@@ -29,6 +29,15 @@ from autounet.task.labels import Region
 PLANS_VERSION = 1
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
+#: How a region model's outputs are combined over mirrorings, folds and tiles: "probabilities" (autounet:
+#: mean of the sigmoids) or "logits" (nnU-Net, kept for imported models: mean logits, resampled back, then
+#: the sigmoid).
+REGION_AVERAGING = ("probabilities", "logits")
+#: Sliding-window arithmetic: "autounet" (tile weights: the Gaussian floored at 1e-3 of its peak; sums in
+#: fp32, or fp16 for very large cases) or "nnunet_fp16" (nnU-Net 2.8.1's, kept for imported models: the
+#: Gaussian rounded to fp16 with its zeros replaced by the smallest weight, each fold's logits summed and
+#: divided in fp16, folds averaged in fp16, resampled logits rounded to fp16 - so near-ties resolve alike).
+WINDOW_ARITHMETIC = ("autounet", "nnunet_fp16")
 # Bounds a plans.json must respect (hand edits beyond them are refused on load, not at training time).
 MAX_PATCH_EDGE = 4096
 MAX_BATCH_SIZE = 4096
@@ -68,6 +77,7 @@ class ConfigurationPlan:
     next_stage: str | None = None
     mirror_axes: list[int] | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    window_arithmetic: str = WINDOW_ARITHMETIC[0]
 
     @property
     def dims(self) -> int:
@@ -104,6 +114,8 @@ class ConfigurationPlan:
                 raise PlansError(f"{where}.normalization[{i}]: unknown scheme '{scheme}', use one of {NORMALIZATION_SCHEMES}")
         if len(self.use_mask_for_norm) != len(self.normalization):
             raise PlansError(f"{where}.use_mask_for_norm: needs one entry per channel")
+        if self.window_arithmetic not in WINDOW_ARITHMETIC:
+            raise PlansError(f"{where}.window_arithmetic: '{self.window_arithmetic}' is not one of {WINDOW_ARITHMETIC}")
 
 
 @dataclass
@@ -124,6 +136,7 @@ class Plans:
     regions: list[Region] | None = None
     regions_class_order: list[int] | None = None
     ignore_label: int | None = None
+    region_averaging: str = REGION_AVERAGING[0]
     #: which plans of the task these are: `default` (plans.json), a preset (`resenc-l`) or a user's name
     name: str = DEFAULT_PLANS_NAME
 
@@ -134,6 +147,11 @@ class Plans:
     @property
     def has_regions(self) -> bool:
         return bool(self.regions)
+
+    @property
+    def sigmoid_per_view(self) -> bool:
+        """Whether prediction averages sigmoid probabilities (a region model of autounet's own)."""
+        return self.has_regions and self.region_averaging == "probabilities"
 
     @property
     def num_outputs(self) -> int:
@@ -214,6 +232,8 @@ class Plans:
             raise PlansError(f"{where}.labels: needs a background label with value 0")
         if self.ignore_label is not None and self.ignore_label <= max(self.labels.values()):
             raise PlansError(f"{where}.ignore_label: must be above every label value ({max(self.labels.values())})")
+        if self.region_averaging not in REGION_AVERAGING:
+            raise PlansError(f"{where}.region_averaging: '{self.region_averaging}' is not one of {REGION_AVERAGING}")
         if self.regions is not None:
             if not self.regions or len(self.regions_class_order or []) != len(self.regions):
                 raise PlansError(f"{where}.regions_class_order: needs one entry per region ({len(self.regions)})")

@@ -135,6 +135,8 @@ class RunManifest:
     init: dict[str, Any] | None = None
     #: every out-of-memory retry of a training step (training.oom_recovery), across resumes
     oom_events: list[OomEvent] = field(default_factory=list)
+    #: for a model trained by another tool and imported (`autounet import_nnunet`): where it came from
+    imported_from: dict[str, Any] | None = None
 
     def validate(self, where: str) -> None:
         if self.status not in STATUSES:
