@@ -183,3 +183,14 @@ def test_with_equal_channel_and_class_counts_every_layer_loads(loop: Path) -> No
                             plans.num_outputs)
     loaded, skipped = load_matching_weights(network, load_checkpoint(checkpoint)["network"])
     assert skipped == [] and len(loaded) == len(network.state_dict())
+
+
+def test_planner_options_beside_a_transfer_are_refused_before_any_work(loop: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert cli(loop, ["plan_and_preprocess", "Task08", "--transfer-plans-from", "Task01", "--planner", "resenc-m"]) == 2
+    assert "leave out --planner and --gpu-memory" in capsys.readouterr().err
+    assert cli(loop, ["plan_and_preprocess", "Task01", "--transfer-plans-from", "Task01"]) == 2
+    assert "Task01_Demo is the task being planned" in capsys.readouterr().err
+    assert cli(loop, ["train", "3d_fullres", "fold", "0", "-t", "Task01", "--plans", "resenc-xl", *BUDGET]) == 2
+    assert "no plans named 'resenc-xl' for this task" in capsys.readouterr().err

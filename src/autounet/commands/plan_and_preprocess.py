@@ -82,16 +82,10 @@ def plan_and_preprocess(
     from autounet.task.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
     from autounet.task.integrity import verify_task
     from autounet.core.parallel import default_num_workers
-    from autounet.planners.plans import check_plans_name, plans_file_name, save_plans
-    from autounet.preprocessing.data_folders import assign_data_identifiers
+    from autounet.planners.plans import check_plans_name
     from autounet.preprocessing.preprocessor import preprocess_task
 
-    from autounet.planners.presets import planner_preset
-
-    planner_preset(planner)
-    if transfer_plans_from is not None and (planner != "default" or gpu_memory_gb is not None):
-        raise AutounetError("--transfer-plans-from takes the network, patch and batch of the other task's plans; "
-                            "leave out --planner and --gpu-memory (plan that task with them instead)")
+    _check_planner_options(planner, transfer_plans_from, gpu_memory_gb)
     task_dir = find_task(task_name, workspace)
     task = load_task(task_dir)
     source = _transfer_source(workspace, transfer_plans_from, transfer_plans_name, task.name)
@@ -125,19 +119,7 @@ def plan_and_preprocess(
                                           max_read_bytes=case_bytes, nifti_transform=nifti_transform)
         save_fingerprint(fingerprint, fp_path)
 
-    if source is not None:
-        from autounet.planners.transfer import transfer_plans
-
-        plans = transfer_plans(source, fingerprint, name)
-        log.info("plans transferred from %s ('%s' plans): its topology, patch, batch and spacing", source.task,
-                 source.name)
-    else:
-        plans = _plan_with_preset(fingerprint, planner, gpu_memory_gb, name)
-    identifiers = assign_data_identifiers(plans, out)
-    for configuration, why in identifiers.items():
-        plans.configuration(configuration).reasons["data"] = why
-    plans_path = out / plans_file_name(name)
-    save_plans(plans, plans_path)
+    plans, plans_path = _plan(fingerprint, out, name, source, planner, gpu_memory_gb)
     planned = list(plans.configurations)
     log.info("planned configurations: %s -> %s", ", ".join(planned), plans_path)
 
@@ -154,6 +136,37 @@ def plan_and_preprocess(
         done = wanted
         log.info("preprocessed %s into %s", ", ".join(wanted), out)
     return PlanAndPreprocessResult(task.name, out, planned, done, plans_path, name)
+
+
+def _check_planner_options(planner: str, transfer_plans_from: str | None, gpu_memory_gb: float | None) -> None:
+    """Refuse an unknown planner, and planner options beside --transfer-plans-from, before any work."""
+    from autounet.planners.presets import planner_preset
+
+    planner_preset(planner)
+    if transfer_plans_from is not None and (planner != "default" or gpu_memory_gb is not None):
+        raise AutounetError("--transfer-plans-from takes the network, patch and batch of the other task's plans; "
+                            "leave out --planner and --gpu-memory (plan that task with them instead)")
+
+
+def _plan(fingerprint: Fingerprint, out: Path, name: str, source: Plans | None, planner: str,
+          gpu_memory_gb: float | None) -> tuple[Plans, Path]:
+    """Plan (or transfer `source`'s plans), choose the preprocessed folders, save as plans[__name].json."""
+    from autounet.planners.plans import plans_file_name, save_plans
+    from autounet.preprocessing.data_folders import assign_data_identifiers
+
+    if source is not None:
+        from autounet.planners.transfer import transfer_plans
+
+        plans = transfer_plans(source, fingerprint, name)
+        log.info("plans transferred from %s ('%s' plans): its topology, patch, batch and spacing", source.task,
+                 source.name)
+    else:
+        plans = _plan_with_preset(fingerprint, planner, gpu_memory_gb, name)
+    for configuration, why in assign_data_identifiers(plans, out).items():
+        plans.configuration(configuration).reasons["data"] = why
+    plans_path = out / plans_file_name(name)
+    save_plans(plans, plans_path)
+    return plans, plans_path
 
 
 def _plan_with_preset(fingerprint: Fingerprint, planner: str, gpu_memory_gb: float | None, name: str) -> Plans:

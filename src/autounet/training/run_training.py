@@ -343,35 +343,44 @@ def run_training(
                 trainer = Trainer(plans, configuration, data_folder, fold_dir, train_ids, val_ids, settings, ctx=ctx,
                                   in_channels=in_channels, network_builder=network_builder,
                                   loader_builder=loader_builder, previous_stage_dir=previous_dir)
-                resumed = settings.resume and trainer.resume()
-                if settings.resume and not resumed:
-                    log.warning("%s: no checkpoint to resume from; starting from epoch 1", fold_dir)
-                if not resumed and settings.init_from:
-                    loaded, reinitialised = trainer.init_from(Path(settings.init_from))
-                    if manifest is not None and manifest.init is not None:
-                        manifest.init.update(loaded_tensors=loaded, reinitialised=reinitialised)
-                        save_manifest(manifest, fold_dir)
+                _resume_or_initialise(trainer, settings, manifest, fold_dir)
                 state = trainer.fit()
                 barrier(ctx)
                 if ctx.is_main and settings.validate_at_end and val_ids:
                     _validate_at_end(trainer, state.ema_dice, plans, configuration, preprocessed, run_dir, fold_dir,
                                      val_ids, settings, previous_dir, fold)
             except BaseException:
-                if manifest is not None:
-                    manifest.oom_events += trainer.oom.events if trainer is not None else []
-                    manifest.status = "failed"
-                    manifest.end_time = now_iso()
-                    save_manifest(manifest, fold_dir)
+                _close_manifest(manifest, trainer, "failed", fold_dir)
                 raise
-            if manifest is not None:
-                manifest.oom_events += trainer.oom.events if trainer is not None else []
-                manifest.status = "finished"
-                manifest.end_time = now_iso()
-                save_manifest(manifest, fold_dir)
+            _close_manifest(manifest, trainer, "finished", fold_dir)
         return fold_dir
     finally:
         if started_group:
             shutdown_distributed()
+
+
+def _resume_or_initialise(trainer: Trainer, settings: TrainingSettings, manifest: RunManifest | None,
+                          fold_dir: Path) -> None:
+    """--resume continues from the fold's checkpoint; otherwise --init-from fills the matching layers
+    (what it filled and what it left fresh go into run.json)."""
+    resumed = settings.resume and trainer.resume()
+    if settings.resume and not resumed:
+        log.warning("%s: no checkpoint to resume from; starting from epoch 1", fold_dir)
+    if not resumed and settings.init_from:
+        loaded, reinitialised = trainer.init_from(Path(settings.init_from))
+        if manifest is not None and manifest.init is not None:
+            manifest.init.update(loaded_tensors=loaded, reinitialised=reinitialised)
+            save_manifest(manifest, fold_dir)
+
+
+def _close_manifest(manifest: RunManifest | None, trainer: Trainer | None, status: str, fold_dir: Path) -> None:
+    """Record how the run ended (and any out-of-memory retries) in run.json; only the main process has one."""
+    if manifest is None:
+        return
+    manifest.oom_events += trainer.oom.events if trainer is not None else []
+    manifest.status = status
+    manifest.end_time = now_iso()
+    save_manifest(manifest, fold_dir)
 
 
 def _preprocessed_inputs(preprocessed: Path, task: str, configuration: str,
