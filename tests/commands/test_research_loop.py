@@ -96,6 +96,8 @@ def test_compare_prints_both_runs_and_the_paired_difference(loop: Path, capsys: 
     assert lines["all"][1] == lines["0"][1] == str(cases)
     assert float(lines["all"][2]) == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-4)
     assert f"paired per-case difference B - A over {cases} cases" in out
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith(("1 ", "2 "))] == \
+        [["1", "organ"], ["2", "lesion"]]
 
 
 def test_rerunning_a_finished_fold_says_so(loop: Path, capsys: pytest.CaptureFixture[str]) -> None:

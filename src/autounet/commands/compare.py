@@ -33,6 +33,8 @@ class RunScores:
     case_fold: dict[str, str] = field(default_factory=dict)
     target_dice: dict[str, dict[str, float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: target key ("1", or "1,2" for a region) -> its name in the run's plans
+    target_names: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_run(workspace: Workspace, text: str, task: str | None) -> Path:
@@ -73,7 +75,21 @@ def load_run_scores(folder: Path) -> RunScores:
         manifest = path.parent.parent / "run.json"
         if manifest.is_file() and not scores.settings:
             scores.settings = dict(read_json(manifest).get("settings", {}))
+    scores.target_names = _target_names(folder)
     return scores
+
+
+def _target_names(folder: Path) -> dict[str, str]:
+    """Names of the labels (or regions) from the run's own plans.json; none where it cannot be read."""
+    from autounet.planners.plans import load_plans
+
+    try:
+        plans = load_plans(folder / "plans.json")
+    except AutounetError:
+        return {}
+    if plans.regions:
+        return {",".join(str(v) for v in r.values): r.name for r in plans.regions}
+    return {str(value): name for name, value in plans.labels.items()}
 
 
 def identity_differences(a: RunScores, b: RunScores) -> list[str]:
@@ -103,11 +119,13 @@ def format_comparison(a: RunScores, b: RunScores, result: PairedDifference) -> s
     lines.append(f"{'all':<6}{len(common):>6}{ma:>10.4f}{mb:>10.4f}{mb - ma:>+10.4f}")
     targets = sorted({t for c in common for t in a.target_dice[c]})
     if len(targets) > 1:
-        lines += ["", f"{'target':<10}{'A Dice':>10}{'B Dice':>10}{'B - A':>10}"]
+        width = max(10, *(len(f"{t} {a.target_names.get(t, '')}") + 2 for t in targets))
+        lines += ["", f"{'target':<{width}}{'A Dice':>10}{'B Dice':>10}{'B - A':>10}"]
         for t in targets:
             ta = _mean([a.target_dice[c].get(t, float("nan")) for c in common])
             tb = _mean([b.target_dice[c].get(t, float("nan")) for c in common])
-            lines.append(f"{t:<10}{ta:>10.4f}{tb:>10.4f}{tb - ta:>+10.4f}")
+            label = f"{t} {a.target_names.get(t, '')}".strip()
+            lines.append(f"{label:<{width}}{ta:>10.4f}{tb:>10.4f}{tb - ta:>+10.4f}")
     only = sorted(set(a.case_dice) ^ set(b.case_dice))
     if only:
         lines.append(f"\n{len(only)} case(s) validated by one run only are left out (other folds trained)")
