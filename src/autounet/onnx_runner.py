@@ -3,11 +3,11 @@ SimpleITK only, no torch.
 
     python -m autounet.onnx_runner -i IMAGE_OR_FOLDER -o OUT --model EXPORTED_DIR
 
-It does what `autounet predict` does without postprocessing, step by step as inference.json
-describes it: transpose, crop to the nonzero box, normalize, resample to the target spacing,
+It does what `autounet predict` does, step by step as inference.json describes it: transpose, crop to the nonzero box, normalize, resample to the target spacing,
 slide the network over the case (Gaussian-weighted tiles, mirrored views, folds averaged),
-resample the outputs back, argmax (or threshold the regions), paste into the uncropped grid
-and transpose back. Preprocessing and the mapping back reuse autounet's own torch-free
+resample the outputs back, argmax (or threshold the regions), paste into the uncropped grid,
+transpose back and apply the connected-component postprocessing exported with the model
+(`postprocessing.json`, where find_best_configuration chose one). Preprocessing and the mapping back reuse autounet's own torch-free
 functions, so a difference to `autounet predict` can only come from the network itself.
 
 Python use: `predict_with_onnx(inputs, output_dir, model_dir)`.
@@ -29,10 +29,16 @@ from scipy.special import expit
 
 from autounet.errors import AutounetError, ImageReadError, shorten_message
 from autounet.inference.export import argmax_class_by_class, smallest_label_dtype
-from autounet.inference.onnx_contract import InferenceContract, load_contract, require_onnxruntime
+from autounet.inference.onnx_contract import (
+    POSTPROCESSING_JSON,
+    InferenceContract,
+    load_contract,
+    require_onnxruntime,
+)
 from autounet.inference.tiling import compute_steps, mirror_subsets, tile_weights
 from autounet.io.geometry import Geometry
 from autounet.io.images import count_nonfinite, file_ending, read_channels, read_image, write_label
+from autounet.postprocessing.rule import PostprocessingDecision, apply_postprocessing, load_postprocessing
 from autounet.preprocessing.cropping import crop_to_nonzero, paste_into
 from autounet.preprocessing.normalization import normalize
 from autounet.preprocessing.resampling import compute_new_shape, resample_data, resample_probabilities
@@ -191,15 +197,17 @@ def _read_case(paths: Sequence[Path], contract: InferenceContract) -> tuple[np.n
 
 
 def predict_with_onnx(inputs: str | Path, output_dir: str | Path, model_dir: str | Path,
-                      use_mirroring: bool = True, threads: int | None = None) -> list[Path]:
+                      use_mirroring: bool = True, threads: int | None = None, postprocess: bool = True) -> list[Path]:
     """Predict one image file or every case of a folder with an exported model; returns the label maps.
 
     `inputs` takes the layouts `autounet predict` takes (one 4D file per case, or `<case>_0000`
     channel files); each label map is `<output_dir>/<case><ending>` on its input's grid.
     `use_mirroring=False` skips test-time mirroring (8x fewer network runs in 3D, slightly
-    different results); `threads` caps onnxruntime's CPU threads.
+    different results); `threads` caps onnxruntime's CPU threads; `postprocess=False` skips the exported
+    connected-component postprocessing.
     """
     model = OnnxModel(model_dir, use_mirroring=use_mirroring, threads=threads)
+    decision = _postprocessing(Path(model_dir)) if postprocess else None
     inputs, output_dir = Path(inputs), Path(output_dir)
     in_folder = inputs if inputs.is_dir() else inputs.parent
     if output_dir.exists() and (not output_dir.is_dir() or output_dir.resolve() == in_folder.resolve()):
@@ -211,10 +219,20 @@ def predict_with_onnx(inputs: str | Path, output_dir: str | Path, model_dir: str
         images = [Path(p) for p in case.images]
         image, geometry = _read_case(images, model.contract)
         out = output_dir / (case.case_id + (file_ending(images[0].name) or ".nii.gz"))
-        write_label(model.predict_case(image, geometry), geometry, out)
+        seg = model.predict_case(image, geometry)
+        write_label(seg if decision is None else apply_postprocessing(seg, decision), geometry, out)
         written.append(out)
         log.info("%s -> %s (%.1f s)", case.case_id, out, time.perf_counter() - start)
     return written
+
+
+def _postprocessing(model_dir: Path) -> PostprocessingDecision | None:
+    path = model_dir / POSTPROCESSING_JSON
+    if not path.is_file():
+        return None
+    decision = load_postprocessing(path)
+    log.info("postprocessing: %s", decision.describe())
+    return decision
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="the folder written by export_onnx (inference.json)")
     parser.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (8x faster in 3D)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime CPU threads (default: all cores)")
+    parser.add_argument("--no-postprocessing", action="store_true",
+                        help="skip the connected-component postprocessing exported with the model")
     return parser
 
 
@@ -234,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         written = predict_with_onnx(args.input, args.output, args.model, use_mirroring=not args.disable_tta,
-                                    threads=args.threads)
+                                    threads=args.threads, postprocess=not args.no_postprocessing)
     except AutounetError as exc:
         print(f"error: {shorten_message(str(exc))}", file=sys.stderr)
         return 2

@@ -230,9 +230,10 @@ def test_demo_model_runner_matches_autounet_predict(end_to_end_run: Any, tmp_pat
     assert main(["--workspace", str(run.workspace), "export_onnx", str(run.run_dir), "-o", str(out)]) == 0
     images = run.task_dir / "imagesTs"
     reference = tmp_path / "predict"
+    # the run's connected-component decision travels with the export, and both tools apply it
+    assert (out / "postprocessing.json").is_file() == (run.run_dir / "postprocessing.json").is_file()
     assert main(["--workspace", str(run.workspace), "predict", "-i", str(images), "-o", str(reference),
-                 "-t", "Task01_Demo", "-c", "3d_fullres", "--no-postprocessing", "--precision", "fp32",
-                 "--threads", "1"]) == 0
+                 "-t", "Task01_Demo", "-c", "3d_fullres", "--precision", "fp32", "--threads", "1"]) == 0
     written = predict_with_onnx(images, tmp_path / "onnx_preds", out, threads=1)
     assert len(written) == len(list(images.glob("*.nii.gz"))) == 3
     for path in written:

@@ -24,6 +24,8 @@ from autounet.task.fingerprint import IntensityProperties
 from autounet.task.labels import Region
 
 INFERENCE_JSON = "inference.json"
+#: the run's connected-component decision, copied beside the ONNX files where it has one
+POSTPROCESSING_JSON = "postprocessing.json"
 CONTRACT_VERSION = 1
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

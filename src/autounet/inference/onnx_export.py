@@ -26,6 +26,7 @@ from autounet.core.run_layout import FOLD_PREFIX, configuration_of_run
 from autounet.core.workspace import Workspace
 from autounet.errors import AutounetError
 from autounet.inference.onnx_contract import (
+    POSTPROCESSING_JSON,
     INPUT_NAME,
     MIN_OPSET,
     ONNX_EXTRA,
@@ -181,4 +182,19 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path, folds: Sequence[int
     contract = contract_from_plans(plans, configuration, predictor.mirror_axes,
                                    [FoldModel(fold=f, file=p.name) for f, p in files.items()], opset,
                                    predictor.step_size)
+    _copy_postprocessing(run_dir, output_dir)
     return OnnxExport(contract=save_contract(contract, output_dir), files=files, max_abs_diff=diffs)
+
+
+def _copy_postprocessing(run_dir: Path, output_dir: Path) -> None:
+    """The run's connected-component decision (find_best_configuration's) beside the ONNX files, for the runner."""
+    from autounet.postprocessing.rule import load_postprocessing, save_postprocessing
+
+    source = run_dir / POSTPROCESSING_JSON
+    if source.is_file():
+        decision = load_postprocessing(source)
+        save_postprocessing(decision, output_dir / POSTPROCESSING_JSON)
+        log.info("postprocessing: %s (from %s)", decision.describe(), source)
+    else:
+        (output_dir / POSTPROCESSING_JSON).unlink(missing_ok=True)
+        log.info("no postprocessing decision in %s (run find_best_configuration first to carry one over)", run_dir)
