@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.05, help="goal: sparse Dice at least dense minus this")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--variants", nargs="+", choices=("dense", "sparse"), default=["dense", "sparse"],
+                   help="train only these variants (one alone prints its Dice only)")
     p.add_argument("--label-stats", action="store_true",
                    help="only print what the training batches of the two tasks already in --workdir hold")
     args = p.parse_args(argv)
@@ -165,12 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     train_ids, held_ids = split_cases(sorted(c.case_id for c in source.training), args.held_out, args.seed)
     results, fractions = {}, {}
     for name, every in (("dense", 1), ("sparse", args.every)):
+        if name not in args.variants:
+            continue
         task_dir = args.workdir / f"Task6{1 if name == 'dense' else 2}_{name.capitalize()}"
         shutil.rmtree(task_dir, ignore_errors=True)
         _, fractions[name] = write_variant(args.task, task_dir, train_ids, held_ids, every)
         log.info("%s: %d training cases (%.0f%% of their voxels annotated), %d held out", name, len(train_ids),
                  100 * fractions[name], len(held_ids))
         results[name] = run_variant(task_dir, args.workdir / f"ws_{name}", args)
+    if len(results) == 1:
+        (name, result), = results.items()
+        print(f"{name} only, {args.task.name}: {len(train_ids)} training / {len(held_ids)} held-out cases, "
+              f"{args.epochs} epochs x {args.iters} iterations: " + ", ".join(f"Dice {k} {v:.4f}" for k, v in
+                                                                            result.items() if k != "seconds"))
+        return 0
     dense, sparse = results["dense"], results["sparse"]
     print(f"sparse vs dense annotations, {args.task.name}: {len(train_ids)} training / {len(held_ids)} held-out "
           f"cases, {args.configuration} fold all, {args.epochs} epochs x {args.iters} iterations, one slice in "

@@ -21,6 +21,7 @@ from autounet.training.transforms import (
 )
 from autounet.training.affine import affine_resample, affine_resample_labels, rotation_matrix
 from autounet.training.augmentation import training_transforms, validation_transforms
+from autounet.training.augmentation_switches import AUGMENTATION_NAMES
 
 NO_ROTATION = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0))
 ROT_3D = tuple((-math.radians(30), math.radians(30)) for _ in range(3))
@@ -163,6 +164,38 @@ def test_validation_pipeline_only_relabels_and_downsamples() -> None:
     out = validation_transforms([[1, 1], [0.5, 0.5]])(**batch)
     np.testing.assert_array_equal(out["data"], data)
     assert out["target"][0].min() >= 0 and out["target"][1].shape == (2, 1, 4, 4)
+
+
+def test_outside_voxels_become_the_ignore_index_where_the_task_has_one() -> None:
+    """Padding and background outside the nonzero mask (-1) count as background in a densely labelled task,
+    but as unannotated in a task with an ignore label (index 3 here), for training and validation alike."""
+    batch = _batch((8, 8))
+    outside = batch["seg"] == -1
+    dense = validation_transforms(None)(**{k: v.copy() for k, v in batch.items()})["target"][0]
+    sparse = validation_transforms(None, outside_label=3)(**{k: v.copy() for k, v in batch.items()})["target"][0]
+    assert (dense[outside] == 0).all() and (sparse[outside] == 3).all()
+    np.testing.assert_array_equal(dense[~outside], sparse[~outside])
+    no_spatial = training_transforms((8, 8), ((0, 0), (0, 0), (0, 0)), False, (), None, [False],
+                                     disabled=AUGMENTATION_NAMES, outside_label=3)
+    target = _run(no_spatial, **{k: v.copy() for k, v in batch.items()})["target"][0]
+    np.testing.assert_array_equal(target, sparse)
+
+
+def test_the_loader_maps_outside_to_the_ignore_index_only_for_tasks_with_one() -> None:
+    import dataclasses
+
+    from autounet.planners.experiment_planner import plan_experiment
+    from autounet.task.fingerprint import CaseFingerprint, Fingerprint, IntensityProperties
+    from autounet.training.data_loader import outside_label
+
+    props = IntensityProperties(mean=1.0, std=1.0, median=1.0, min=0.0, max=2.0, percentile_00_5=0.0,
+                                percentile_99_5=2.0)
+    cases = [CaseFingerprint(f"c{i}", [1.0] * 3, [32] * 3, [32] * 3, [[0, 32]] * 3, {"0": 1}, 1.0) for i in range(3)]
+    fp = Fingerprint(task="Task09_X", channel_names={"0": "MR"}, labels={"background": 0, "a": 1, "b": 2},
+                     is_2d=False, cases=cases, intensity_properties={"0": props}, median_relative_size_after_crop=1.0,
+                     num_samples_per_channel=10, seed=0)
+    assert outside_label(plan_experiment(fp, 2.0)) == 0
+    assert outside_label(plan_experiment(dataclasses.replace(fp, ignore_label=7), 2.0)) == 3  # after indices 0, 1, 2
 
 
 def test_resampling_entirely_outside_the_input_gives_the_outside_values() -> None:

@@ -76,6 +76,7 @@ def training_transforms(
     spatial_impl: str = "affine",
     cascade_num_classes: int = 0,
     disabled: Sequence[str] = (),
+    outside_label: int = 0,
 ) -> Compose:
     """The reference's training augmentation (section 6, steps 1-14 and 16), in that order.
 
@@ -86,7 +87,8 @@ def training_transforms(
     (and which elastic deformation always uses). `cascade_num_classes` K > 0 means "seg" carries
     the previous stage's segmentation as channel 1, which step 14 turns into K-1 data channels.
     `disabled` names augmentations (AUGMENTATION_NAMES) to leave out, for ablations; a disabled
-    "spatial" still centre-crops the enlarged patch to `patch_size`.
+    "spatial" still centre-crops the enlarged patch to `patch_size`. `outside_label` is the class index
+    that -1 (padding, background outside the nonzero mask) becomes: 0, or a task's ignore index.
     """
     patch_size = [int(p) for p in patch_size]
     off = set(check_augmentation_names(disabled))
@@ -127,7 +129,7 @@ def training_transforms(
     masked = [c for c, use in enumerate(use_mask_for_norm) if use]
     if masked:
         transforms.append(MaskOutsideNonzeroTransform(masked))
-    transforms.append(RemoveLabelTransform(-1, 0))
+    transforms.append(RemoveLabelTransform(-1, outside_label))
     if cascade_num_classes:
         transforms += cascade_transforms(cascade_num_classes, augment=True)
     transforms.append(DeepSupervisionTargetsTransform(deep_supervision_scales))
@@ -157,7 +159,8 @@ def batchgenerators_spatial(
 
 
 def validation_transforms(deep_supervision_scales: Sequence[Sequence[float]] | None,
-                          cascade_num_classes: int = 0) -> Compose:
+                          cascade_num_classes: int = 0, outside_label: int = 0) -> Compose:
     """Only the label bookkeeping (reference steps 13, 14 and 16): no augmentation on validation patches."""
     cascade = cascade_transforms(cascade_num_classes, augment=False) if cascade_num_classes else []
-    return Compose([RemoveLabelTransform(-1, 0), *cascade, DeepSupervisionTargetsTransform(deep_supervision_scales)])
+    return Compose([RemoveLabelTransform(-1, outside_label), *cascade,
+                    DeepSupervisionTargetsTransform(deep_supervision_scales)])

@@ -255,6 +255,13 @@ class PatchSampler:
             crop_with_padding(previous[z], start, self.initial_size, 0, out=out_seg[1])
 
 
+def outside_label(plans: Plans) -> int:
+    """The class index for -1 (padding, background outside the nonzero mask): background, or in a task with
+    an ignore label that label's index, since nothing there was annotated (sparse labels would otherwise be
+    diluted by padding that counts as known background on every slice)."""
+    return len(plans.label_values) if plans.ignore_label is not None else 0
+
+
 @dataclass(frozen=True)
 class BatchSpec:
     """Everything a worker process needs to produce batches (picklable: plain values only)."""
@@ -273,6 +280,9 @@ class BatchSpec:
     previous_stage_folder: str | None = None
     num_classes: int = 0
     disabled_augmentations: tuple[str, ...] = ()
+    #: the class index that padding and background outside the nonzero mask (-1) become: 0, or the
+    #: ignore index in tasks with an ignore label (there the padding was never annotated either)
+    outside_label: int = 0
 
     def __post_init__(self) -> None:
         if self.previous_stage_folder is not None and self.num_classes < 2:
@@ -312,10 +322,12 @@ class BatchMaker:
                 spec.patch_size, params.rotation, params.dummy_2d, params.mirror_axes, scales,
                 spec.use_mask_for_norm, elastic=spec.elastic, spatial_impl=spec.spatial_impl,
                 cascade_num_classes=cascade_classes, disabled=spec.disabled_augmentations,
+                outside_label=spec.outside_label,
             )
         else:
             initial = tuple(spec.patch_size)
-            self.transforms = validation_transforms(scales, cascade_num_classes=cascade_classes)
+            self.transforms = validation_transforms(scales, cascade_num_classes=cascade_classes,
+                                                    outside_label=spec.outside_label)
         self.sampler = PatchSampler(
             spec.folder, spec.case_ids, spec.patch_size, spec.batch_size,
             oversample_foreground=spec.oversample_foreground, initial_patch_size=initial,
@@ -385,6 +397,7 @@ def build_dataloaders(
         elastic=elastic,
         previous_stage_folder=str(previous_stage_folder) if previous_stage_folder is not None else None,
         num_classes=plans.num_classes,
+        outside_label=outside_label(plans),
     )
     train_spec = BatchSpec(case_ids=tuple(train_ids), augment=augment, spatial_impl=spatial_impl,  # type: ignore[arg-type]
                            disabled_augmentations=tuple(disabled_augmentations), **common)
