@@ -167,6 +167,10 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path, folds: Sequence[int
                             f"3d_fullres, 3d_lowres or 2d run instead")
     if output_dir.exists() and not output_dir.is_dir():
         raise AutounetError(f"{output_dir}: exists and is a file; choose another -o (a folder)")
+    if plans.configuration(configuration).window_arithmetic != "autounet":
+        log.warning("%s: predicted with %s window sums (an imported nnU-Net model); the ONNX runner sums in fp32, "
+                    "so voxels where two classes nearly tie may differ from nnU-Net's and autounet's output",
+                    run_dir, plans.configuration(configuration).window_arithmetic)
     predictor = Predictor.from_run_folder(run_dir, folds, checkpoint, device="cpu", use_mirroring=True,
                                           precision="fp32")
     input_shape = (plans.num_channels, *predictor.cfg.patch_size)
