@@ -10,6 +10,7 @@ Nothing is installed unless everything checks out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -111,6 +113,21 @@ def export_model(workspace: Workspace, task: str, output: Path, runs: list[str] 
     return output
 
 
+@contextlib.contextmanager
+def open_checked_zip(archive: Path, hint: str = "") -> Iterator[tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]]:
+    """Open a zip whose every member name was checked (no absolute paths, `..`, backslashes or links)
+    before anything is read; `hint` ends the message for a file that is not a zip."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise AutounetError(f"{archive}: not a zip archive (or truncated){hint}") from None
+    with zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_member(info, archive)
+        yield zf, infos
+
+
 def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
     """Refuse names that could escape the target folder, and links."""
     name = info.filename
@@ -136,7 +153,7 @@ def _check_checkpoint(staged: Path, archive: Path, member: str) -> None:
         raise CheckpointError(f"{archive}: refused, member {member}: {reason}") from None
 
 
-def _check_sizes(infos: list[zipfile.ZipInfo], archive: Path, target_parent: Path) -> int:
+def check_sizes(infos: list[zipfile.ZipInfo], archive: Path, target_parent: Path) -> int:
     """Refuse an archive whose declared sizes are implausible for a model, or exceed the free disk.
 
     A deflate bomb (a few MB that expand to GBs) is caught by its compression ratio: checkpoint
@@ -161,7 +178,7 @@ def _check_sizes(infos: list[zipfile.ZipInfo], archive: Path, target_parent: Pat
     return total
 
 
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, archive: Path) -> None:
+def extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, archive: Path) -> None:
     """Copy one member, counting bytes: a member that writes more than it declared is refused."""
     written = 0
     with zf.open(info) as src, open(dest, "wb") as out:
@@ -182,7 +199,7 @@ def _run_of(rel: str, runs: list[str], archive: Path) -> str:
                         f"its 'runs' ({', '.join(runs) or 'none'})")
 
 
-def _replace_items(staging: Path, target: Path, items: list[str]) -> None:
+def replace_items(staging: Path, target: Path, items: list[str]) -> None:
     """Move each staged item into `target`; what it replaces is moved aside first and deleted only
     after every item is in place, so a failure part-way leaves the old runs as they were."""
     aside: list[tuple[Path, Path]] = []
@@ -223,14 +240,7 @@ def install_model(archive: Path, workspace: Workspace, overwrite: bool = False) 
     archive = Path(archive)
     if not archive.is_file():
         raise DatasetError(f"{archive}: file not found")
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise AutounetError(f"{archive}: not a zip archive (or truncated); export it again") from None
-    with zf:
-        infos = zf.infolist()
-        for info in infos:
-            _check_member(info, archive)
+    with open_checked_zip(archive, "; export it again") as (zf, infos):
         names = {i.filename for i in infos}
         if MANIFEST not in names:
             raise AutounetError(f"{archive}: refused, no {MANIFEST} inside (not an autounet export)")
@@ -244,9 +254,9 @@ def install_model(archive: Path, workspace: Workspace, overwrite: bool = False) 
             raise AutounetError(f"{archive}: refused, {MANIFEST} is not valid JSON") from None
         manifest = from_dict(ArchiveManifest, raw, f"{archive}:{MANIFEST}")
         task = manifest.task
-        if not _is_plain_name(task):
+        if not is_plain_name(task):
             raise AutounetError(f"{archive}: refused, invalid task name '{task}' in {MANIFEST}")
-        bad_runs = [r for r in manifest.runs if not _is_plain_name(r) or r == BEST_CONFIGURATION]
+        bad_runs = [r for r in manifest.runs if not is_plain_name(r) or r == BEST_CONFIGURATION]
         if bad_runs:
             raise AutounetError(f"{archive}: refused, invalid run name(s) {bad_runs[:3]} in {MANIFEST} 'runs'")
         items = sorted({_run_of(rel, manifest.runs, archive) for rel in manifest.files})
@@ -262,25 +272,25 @@ def install_model(archive: Path, workspace: Workspace, overwrite: bool = False) 
         if existing and not overwrite:
             raise AutounetError(f"{target / existing[0]}: already installed; pass --overwrite to replace it")
         target.parent.mkdir(parents=True, exist_ok=True)
-        _check_sizes([zf.getinfo(n) for n in sorted(expected)], archive, target.parent)
+        check_sizes([zf.getinfo(n) for n in sorted(expected)], archive, target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}install-", dir=target.parent))
         try:
             for rel, digest in manifest.files.items():
                 dest = staging / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                _extract_member(zf, zf.getinfo(f"{task}/{rel}"), dest, archive)
+                extract_member(zf, zf.getinfo(f"{task}/{rel}"), dest, archive)
                 if _sha256(dest) != digest:
                     raise AutounetError(f"{archive}: refused, checksum mismatch for {rel} (corrupted or altered)")
                 if dest.suffix == ".pt":
                     _check_checkpoint(dest, archive, f"{task}/{rel}")
             target.mkdir(parents=True, exist_ok=True)
-            _replace_items(staging, target, items)
+            replace_items(staging, target, items)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info("installed %s (%s) into %s", task, ", ".join(manifest.runs), target)
     return target
 
 
-def _is_plain_name(name: str) -> bool:
+def is_plain_name(name: str) -> bool:
     """One path component that is not '.', '..' or hidden (no separators, no leading dot)."""
     return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and name == name.strip()

@@ -23,12 +23,11 @@ import re
 import shutil
 import socket
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from autounet.commands.model_sharing import _check_member, _check_sizes, _extract_member, _is_plain_name, _replace_items
+from autounet.commands.model_sharing import check_sizes, extract_member, is_plain_name, open_checked_zip, replace_items
 from autounet.commands.nnunet_plans import translate_plans
 from autounet.commands.nnunet_weights import NETWORK_WEIGHTS, load_nnunet_checkpoint, map_state_dict, mirror_axes_of
 from autounet.core.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
@@ -86,23 +85,16 @@ def find_model_folders(root: Path) -> list[Path]:
 def unpack_nnunet_zip(archive: Path, dest: Path) -> None:
     """Extract the model files of an `nnUNetv2_export_model_to_zip` archive into `dest`, after checking
     every member name (no absolute paths, `..`, backslashes or links) and the sizes."""
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise AutounetError(f"{archive}: not a zip archive (or truncated)") from None
-    with zf:
-        infos = zf.infolist()
-        for info in infos:
-            _check_member(info, archive)
+    with open_checked_zip(archive) as (zf, infos):
         wanted = [i for i in infos if not i.is_dir() and _ZIP_MEMBERS.search(i.filename)]
         if not wanted:
             raise AutounetError(f"{archive}: holds no nnU-Net model (plans.json, dataset.json, "
                                 f"fold_N/checkpoint_final.pth); was it written by nnUNetv2_export_model_to_zip?")
-        _check_sizes(wanted, archive, dest)
+        check_sizes(wanted, archive, dest)
         for info in wanted:
             target = dest.joinpath(*PurePosixPath(info.filename).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            _extract_member(zf, info, target, archive)
+            extract_member(zf, info, target, archive)
 
 
 def import_nnunet(source: Path, workspace: Workspace, overwrite: bool = False,
@@ -165,7 +157,7 @@ def import_model_folder(folder: Path, workspace: Workspace, overwrite: bool, che
         raise CheckpointError(f"{folder}: the folds mirror along different axes {sorted(axes)}; import them apart")
     plans, network_name = translate_plans(plans_raw, dataset_raw, configuration, list(axes.pop()),
                                           str(folder / "plans.json"))
-    if not _is_plain_name(plans.task):
+    if not is_plain_name(plans.task):
         raise AutounetError(f"{folder / 'plans.json'}: 'dataset_name' '{plans.task}' is not a plain folder name")
     run_name = f"{configuration}__{trainer}__{plans_name}"
     target = workspace.results(plans.task)
@@ -184,7 +176,7 @@ def import_model_folder(folder: Path, workspace: Workspace, overwrite: bool, che
                         run_name, {"tool": "nnU-Net v2", "source": origin, "trainer": trainer, "plans": plans_name,
                                    "checkpoint": NNUNET_CHECKPOINTS[checkpoint],
                                    "epoch": int(state.get("current_epoch", 0))}, cfg.mirror_axes or [])
-        _replace_items(staging, target, [run_name])
+        replace_items(staging, target, [run_name])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.debug("imported %s (%s, folds %s) into %s", folder.name, network_name, sorted(states), target / run_name)
