@@ -115,7 +115,7 @@ def batch_label_fractions(preprocessed: Path, configuration: str, batches: int =
     folder = preprocessed / cfg.data_identifier
     store = CaseStore(folder)
     ids = store.case_ids()
-    ignore = len(plans.label_values) if plans.ignore_label is not None else None
+    ignore = plans.ignore_index
     segs = [store.load(c, mmap=False)[1] for c in ids]
     known = [(s >= 0) & (s != ignore) for s in segs]
     out = {"annotated_cases": float(np.mean([k.sum() / (s >= 0).sum() for k, s in zip(known, segs)])),

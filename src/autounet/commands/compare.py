@@ -20,8 +20,6 @@ from autounet.io.atomic import read_json
 from autounet.io.images import strip_ending
 
 SUMMARY = Path("validation") / "summary.json"
-_IDENTITY_KEYS = ("plans", "network", "blocks", "init_from", "epochs", "iters_per_epoch", "seed", "lr",
-                  "spatial_augmentation", "disabled_augmentations", "augment")
 
 
 @dataclass
@@ -94,7 +92,9 @@ def _target_names(folder: Path) -> dict[str, str]:
 
 def identity_differences(a: RunScores, b: RunScores) -> list[str]:
     """The settings that make the two runs different models, `name: A -> B`."""
-    return [f"{k}: {a.settings.get(k)!r} -> {b.settings.get(k)!r}" for k in _IDENTITY_KEYS
+    from autounet.training.settings import TrainingSettings
+
+    return [f"{k}: {a.settings.get(k)!r} -> {b.settings.get(k)!r}" for k in TrainingSettings.identity_fields()
             if a.settings.get(k) != b.settings.get(k)]
 
 

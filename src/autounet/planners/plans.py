@@ -177,6 +177,11 @@ class Plans:
         return list(self.label_values[1:])
 
     @property
+    def ignore_index(self) -> int | None:
+        """The ignore label's class index in preprocessed targets (right after the label values); None without one."""
+        return len(self.label_values) if self.ignore_label is not None else None
+
+    @property
     def annotated_label_values(self) -> list[int]:
         """The label values and, last, the ignore value: what preprocessing maps to indices 0..K."""
         return self.label_values + ([self.ignore_label] if self.ignore_label is not None else [])

@@ -259,7 +259,7 @@ def outside_label(plans: Plans) -> int:
     """The class index for -1 (padding, background outside the nonzero mask): background, or in a task with
     an ignore label that label's index, since nothing there was annotated (sparse labels would otherwise be
     diluted by padding that counts as known background on every slice)."""
-    return len(plans.label_values) if plans.ignore_label is not None else 0
+    return 0 if plans.ignore_index is None else plans.ignore_index
 
 
 @dataclass(frozen=True)

@@ -393,10 +393,10 @@ def _preprocessed_inputs(preprocessed: Path, task: str, configuration: str,
     plans = load_named_plans(preprocessed, settings.plans)
     cfg = plans.configuration(configuration)
     if settings.blocks is not None:
+        planned = cfg.network.blocks
         cfg.network.blocks = list(settings.blocks)
         log.info("blocks: %s (--blocks; the plans have %s)", ", ".join(settings.blocks) or "none",
-                 ", ".join(load_named_plans(preprocessed, settings.plans).configuration(configuration).network.blocks)
-                 or "none")
+                 ", ".join(planned) or "none")
     data_folder = preprocessed / cfg.data_identifier
     case_ids = CaseStore(data_folder).case_ids() if data_folder.is_dir() else []
     if not case_ids:

@@ -31,8 +31,7 @@ class TargetMeaning:
     def from_plans(cls, plans: Plans) -> TargetMeaning:
         table = (torch.from_numpy(region_index_table(plans.label_values, plans.region_values))
                  if plans.has_regions else None)
-        ignore = len(plans.label_values) if plans.ignore_label is not None else None
-        return cls(plans.num_outputs, ignore, table)
+        return cls(plans.num_outputs, plans.ignore_index, table)
 
     def loss(self, batch_dice: bool) -> nn.Module:
         """Dice + BCE per region for a region task, else Dice + cross-entropy over the classes."""
