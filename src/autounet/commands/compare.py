@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autounet.core.run_layout import FOLD_PREFIX
+from autounet.core.run_layout import FOLD_PREFIX, VALIDATION_FOLDER, validation_summary
 from autounet.core.workspace import Workspace
 from autounet.errors import AutounetError
 from autounet.evaluation.paired import PairedDifference, paired_difference
 from autounet.io.atomic import read_json
 from autounet.io.images import strip_ending
 
-SUMMARY = Path("validation") / "summary.json"
 
 
 @dataclass
@@ -59,10 +58,10 @@ def _case_score(row: dict[str, Any]) -> tuple[float, dict[str, float]]:
 def load_run_scores(folder: Path) -> RunScores:
     """Every fold's validation/summary.json of a run; refused where no fold was validated."""
     scores = RunScores(folder)
-    summaries = sorted(folder.glob(f"{FOLD_PREFIX}*/{SUMMARY.as_posix()}"))
+    summaries = sorted(p for p in map(validation_summary, folder.glob(f"{FOLD_PREFIX}*")) if p.is_file())
     if not summaries:
-        raise AutounetError(f"{folder}: no fold has {SUMMARY.as_posix()}; train folds with validation (without "
-                            f"--skip-validation) first")
+        raise AutounetError(f"{folder}: no fold has {VALIDATION_FOLDER}/summary.json; train folds with validation "
+                            f"(without --skip-validation) first")
     for path in summaries:
         fold = path.parent.parent.name[len(FOLD_PREFIX):]
         summary = read_json(path, allow_nan=True)

@@ -27,7 +27,7 @@ from autounet.evaluation.summary_table import format_candidates
 from autounet.inference.ensemble import ensemble_folders
 from autounet.io.atomic import is_temporary, write_json, write_text
 from autounet.io.images import strip_ending
-from autounet.core.run_layout import BEST_CONFIGURATION_FILE, fold_folder_name
+from autounet.core.run_layout import BEST_CONFIGURATION_FILE, VALIDATION_FOLDER, fold_folder_name
 from autounet.core.workspace import Workspace, resolve_workspace
 from autounet.planners.plans import Plans, load_plans
 from autounet.postprocessing.decision import determine_postprocessing
@@ -64,7 +64,7 @@ def _as_workspace(workspace: Workspace | str | os.PathLike[str]) -> Workspace:
 
 
 def _validation_dir(run_folder: Path, fold: int) -> Path:
-    return run_folder / fold_folder_name(fold) / "validation"
+    return run_folder / fold_folder_name(fold) / VALIDATION_FOLDER
 
 
 def discover_runs(results_dir: Path, configurations: Sequence[str] | None,

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from autounet.core.progress import format_duration
+from autounet.core.run_layout import validation_summary
 from autounet.errors import AutounetError
 from autounet.io.atomic import read_json
 from autounet.training.metrics_log import METRICS_NAME
@@ -62,7 +63,7 @@ def fold_progress(fold_dir: Path, epochs: int) -> str:
 
 def validation_dice(fold_dir: Path) -> float | None:
     """Mean foreground Dice of fold_k/validation/summary.json (None without validation)."""
-    path = fold_dir / "validation" / "summary.json"
+    path = validation_summary(fold_dir)
     try:
         value = read_json(path, allow_nan=True)["foreground_mean"]["Dice"]
     except (OSError, ValueError, KeyError, TypeError, AutounetError):

@@ -24,6 +24,8 @@ BEST = "checkpoint_best.pt"
 FINAL = "checkpoint_final.pt"
 CHECKPOINT_FILES = {"final": FINAL, "best": BEST, "latest": LATEST}
 BEST_CONFIGURATION_FILE = "best_configuration.json"
+VALIDATION_FOLDER = "validation"
+"""fold_<k>/validation/: the fold's validation cases predicted whole, and their summary.json."""
 RUN_NAME_SEPARATOR = "__"
 """`3d_fullres__20ep_50it`: the configuration, then the training budget where it is not the default."""
 
@@ -41,6 +43,11 @@ def fold_name(fold: int | str) -> str:
 
 def fold_folder_name(fold: int | str) -> str:
     return f"{FOLD_PREFIX}{fold}"
+
+
+def validation_summary(fold_dir: Path) -> Path:
+    """fold_<k>/validation/summary.json: the evaluation of the fold's validation predictions."""
+    return Path(fold_dir) / VALIDATION_FOLDER / "summary.json"
 
 
 def trained_folds(run_dir: Path, checkpoint: str = "final") -> list[str]:

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from autounet.io.atomic import write_text  # noqa: E402
+from autounet.core.run_layout import validation_summary  # noqa: E402
 from autounet.core.workspace import Workspace  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def gather(workspace: Workspace, task: str, max_overlays: int = 6) -> ReportData
                 metrics = fold / "metrics.jsonl"
                 if metrics.is_file():
                     data.runs.setdefault(run.name, {})[fold.name] = _read_jsonl(metrics)
-                summary = fold / "validation" / "summary.json"
+                summary = validation_summary(fold)
                 if summary.is_file():
                     data.validation.setdefault(run.name, {})[fold.name] = json.loads(summary.read_text("utf-8"))
         best = results / "best_configuration.json"

@@ -31,7 +31,7 @@ from autounet.networks.precision import resolve_precision
 from autounet.core.workspace import Workspace, resolve_workspace
 from autounet.planners.plans import DEFAULT_PLANS_NAME, Plans, ResamplingPlan, load_named_plans, load_plans, save_plans
 from autounet.preprocessing.case_properties import CaseProperties
-from autounet.core.run_layout import BEST, FINAL, FOLD_PREFIX, LATEST, fold_folder_name
+from autounet.core.run_layout import BEST, FINAL, FOLD_PREFIX, LATEST, VALIDATION_FOLDER, fold_folder_name
 from autounet.training.distributed import (
     DistributedContext,
     barrier,
@@ -171,7 +171,7 @@ def validate_fold(
     mirror_axes = list(cfg.mirror_axes if cfg.mirror_axes is not None else range(cfg.dims)) if use_mirroring else []
     store = CaseStore(data_folder)
     next_store = CaseStore(next_stage[1]) if next_stage is not None else None
-    val_dir = fold_dir / "validation"
+    val_dir = fold_dir / VALIDATION_FOLDER
     val_dir.mkdir(parents=True, exist_ok=True)
     network.eval()
     for i, case_id in enumerate(val_ids):
